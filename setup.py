@@ -1,0 +1,45 @@
+"""Noisy Student Training in TensorFlow 2 / Keras 3.
+
+Install for use:          pip install .
+Install for development:  pip install -e ".[test]"
+"""
+import setuptools
+
+setuptools.setup(
+    name="noisy-student",
+    version="0.1.0",
+    description=(
+        "Noisy Student Training (Xie et al., CVPR 2020) for semi-supervised "
+        "image classification with EfficientNet, in TensorFlow 2 / Keras 3."
+    ),
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=setuptools.find_packages(include=[
+        "efficientnet", "efficientnet.*",
+        "noisy_student", "noisy_student.*",
+        "tfrecords", "tfrecords.*",
+        "flags", "flags.*",
+    ]),
+    package_data={"flags": ["presets/*.flags"]},
+    install_requires=[
+        "tensorflow>=2.21,<2.22",
+        "keras>=3.10",
+        "tensorflow-datasets>=4.9",
+        "absl-py>=2.0",
+        "numpy>=1.26",
+        # The embedded default data set (digits) ships inside scikit-learn;
+        # plots of results use matplotlib.
+        "scikit-learn>=1.3",
+        "matplotlib>=3.7",
+    ],
+    extras_require={
+        "test": ["pytest>=8", "pillow>=10"],
+    },
+    entry_points={
+        "console_scripts": [
+            "noisy-student=noisy_student.main:run",
+            "efficientnet-table=efficientnet.table:run",
+        ],
+    },
+)
