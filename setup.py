@@ -32,6 +32,7 @@ setuptools.setup(
         # plots of results use matplotlib.
         "scikit-learn>=1.3",
         "matplotlib>=3.7",
+        "tensorboard>=2.16",
     ],
     extras_require={
         "test": ["pytest>=8", "pillow>=10"],

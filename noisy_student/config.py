@@ -47,7 +47,8 @@ class DataConfig:
   augment_name: Optional[str] = "v1"  # "v1" = RandAugment; None = no input noise.
   randaug_layer: int = 2
   randaug_mag: float = 27.0
-  cutout: bool = False  # The 32-pixel path's extra cutout.
+  cutout: bool = True  # The 32-pixel path's extra cutout after RandAugment (original SVHN).
+  cutout_op: bool = False  # Add Cutout to RandAugment's op list (the original's cutout_op).
   seed: int = 0
   shuffle_buffer: int = 10_000
   digits_num_labeled: int = 500  # Embedded default split sizes (digits has 1797 images).
@@ -123,6 +124,23 @@ class ExportConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class PipelineConfig:
+  """The `--mode=pipeline` loop: teacher -> students -> optional fine-tune -> export.
+
+  The students' model names live in `Config.student_model_names` (one per iteration).
+  """
+  teacher_train_steps: Optional[int] = None  # None: TrainConfig.train_steps.
+  student_unlabel_ratios: Tuple[float, ...] = ()  # Per iteration; () = TrainConfig's.
+  allow_smaller_student: bool = False  # The paper's students are equal or larger.
+  finetune: bool = False  # The paper's train/test resolution fix, after the last student.
+  finetune_image_size: Optional[int] = None  # None: 1.15 x the training size, as FixRes.
+  finetune_epochs: float = 1.5  # Passes over the labeled images.
+  finetune_learning_rate: float = 0.001  # Per 256 images, SGD with momentum 0.9.
+  finetune_frozen_fraction: float = 0.7  # Leading share of the layers kept frozen.
+  export_at_end: bool = True  # Export the last model for serving at the end.
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
   mode: str = "pipeline"
   model: ModelConfig = ModelConfig()
@@ -133,6 +151,7 @@ class Config:
   filter: FilterConfig = FilterConfig()
   export: ExportConfig = ExportConfig()
   student_model_names: Tuple[str, ...] = ()  # One per iteration, e.g. (b0, b0, b1).
+  pipeline: PipelineConfig = PipelineConfig()
 
   def to_json(self) -> str:
     return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)

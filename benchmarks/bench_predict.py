@@ -1,0 +1,107 @@
+"""Predict throughput end to end vs bare `model.predict` on pre-decoded tensors: a ratio.
+
+    python benchmarks/bench_predict.py [--model efficientnet-b0] [--image_size 64]
+        [--num_images 2048] [--batch_size 128]
+
+Writes generated JPEGs into one TFRecord file (a `tfrecord:` source), then in one process
+times (1) `noisy_student.predict.predict`: read, decode, eval preprocessing, teacher,
+soft labels, TFRecord shards + manifests; and (2) `model.predict` on the same images
+already decoded and preprocessed into one numpy array, same model and batch size. Both
+are warmed up first (tracing excluded) and timed alternately --repeats times, best of
+each (load on a shared machine swings between runs). Prints images/s of each and the ratio (target
+>= 0.85). Absolute numbers depend on machine load; the ratio is the figure to keep.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+import efficientnet  # noqa: E402
+from noisy_student import predict  # noqa: E402
+from noisy_student.config import PredictConfig  # noqa: E402
+from noisy_student.data import sources  # noqa: E402
+
+
+def write_images(path: str, n: int, size: int, seed: int = 0) -> None:
+  """n smooth random JPEGs (size x size) as ImageNet-style tf.Examples in one file."""
+  rng = np.random.default_rng(seed)
+  with tf.io.TFRecordWriter(path) as writer:
+    for _ in range(n):
+      low = rng.integers(0, 256, (1, 4, 4, 3)).astype(np.float32)
+      image = tf.cast(tf.image.resize(low, [size, size])[0], tf.uint8)
+      feature = {"image/encoded": tf.train.Feature(bytes_list=tf.train.BytesList(
+          value=[tf.io.encode_jpeg(image, quality=90).numpy()]))}
+      writer.write(tf.train.Example(
+          features=tf.train.Features(feature=feature)).SerializeToString())
+
+
+def _bare_fn(model, source, image_size: int, batch: int):
+  """A callable timing model.predict on the images pre-decoded into memory (images/s)."""
+  pre = predict.default_preprocess(image_size)
+  ds = source.dataset().map(lambda r: pre(r["image/encoded"]),
+                            num_parallel_calls=tf.data.AUTOTUNE).batch(4096)
+  images = np.concatenate(list(ds.as_numpy_iterator()))
+  model.predict(images[:batch], batch_size=batch, verbose=0)  # Warm-up (trace).
+
+  def timed() -> float:
+    start = time.perf_counter()
+    model.predict(images, batch_size=batch, verbose=0)
+    return len(images) / (time.perf_counter() - start)
+  return timed
+
+
+def _end_to_end_fn(model, source, image_size: int, batch: int, out: str):
+  """A callable timing predict() from encoded bytes to finished shards (images/s)."""
+  runs = iter(range(1 << 20))
+
+  def run():
+    cfg = PredictConfig(output_dir=os.path.join(out, f"run{next(runs)}"),
+                        eval_batch_size=batch, num_shards=8)
+    return predict.predict(model, source, cfg, image_size=image_size, teacher_id="bench")
+  run()  # Traces the step (cached per model) and warms up.
+
+  def timed() -> float:
+    start = time.perf_counter()  # The whole call: counting, pipeline set-up, all shards.
+    summary = run()
+    return summary.records_written / (time.perf_counter() - start)
+  return timed
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--model", default="efficientnet-b0")
+  parser.add_argument("--image_size", type=int, default=64)
+  parser.add_argument("--num_images", type=int, default=2048)
+  parser.add_argument("--batch_size", type=int, default=128)
+  parser.add_argument("--num_classes", type=int, default=100)
+  parser.add_argument("--repeats", type=int, default=2)
+  args = parser.parse_args()
+  keras.utils.set_random_seed(0)
+  with tempfile.TemporaryDirectory() as tmp:
+    path = os.path.join(tmp, "images.tfrecord")
+    write_images(path, args.num_images, args.image_size + 16)
+    source = sources.open_source(f"tfrecord:{path}")
+    model = efficientnet.build_model(args.model, args.num_classes, image_size=args.image_size)
+    e2e_fn = _end_to_end_fn(model, source, args.image_size, args.batch_size, tmp)
+    bare_fn = _bare_fn(model, source, args.image_size, args.batch_size)
+    # Alternating repeats, best of each: a busy machine's load swings between runs.
+    e2e, bare = 0.0, 0.0
+    for _ in range(args.repeats):
+      e2e, bare = max(e2e, e2e_fn()), max(bare, bare_fn())
+  print(f"{args.model} @ {args.image_size}px, {args.num_images} images, batch "
+        f"{args.batch_size}")
+  print(f"predict end to end: {e2e:8.1f} images/s")
+  print(f"bare model.predict: {bare:8.1f} images/s (pre-decoded tensors)")
+  print(f"ratio end-to-end / bare: {e2e / bare:.3f} (target >= 0.85)")
+
+
+if __name__ == "__main__":
+  main()

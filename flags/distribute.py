@@ -1,0 +1,27 @@
+"""Distribution flags (-> `DistributeConfig`)."""
+from absl import flags
+
+from noisy_student import config as config_lib
+
+
+def define(fv: flags.FlagValues) -> None:
+  """Defines the distribution flags on `fv`."""
+  flags.DEFINE_enum("strategy", "auto",
+                    ["auto", "default", "one_device", "mirrored", "multi_worker", "tpu"],
+                    "tf.distribute strategy; auto: tpu with --use_tpu, multi_worker with "
+                    "TF_CONFIG, mirrored with several GPUs, else default.", flag_values=fv)
+  flags.DEFINE_bool("use_tpu", False, "Run on a Cloud TPU (needs gs:// paths).",
+                    flag_values=fv)
+  flags.DEFINE_string("tpu", None, "TPU name or grpc:// address ('local' on a TPU VM).",
+                      flag_values=fv)
+  flags.DEFINE_string("tpu_zone", None, "GCE zone of the TPU.", flag_values=fv)
+  flags.DEFINE_string("gcp_project", None, "GCP project of the TPU.", flag_values=fv)
+  flags.DEFINE_bool("use_bfloat16", False, "Mixed bfloat16 precision (TPU).",
+                    flag_values=fv)
+
+
+def to_config(fv: flags.FlagValues) -> config_lib.DistributeConfig:
+  """Reads the distribution flags."""
+  return config_lib.DistributeConfig(
+      strategy=fv.strategy, use_tpu=fv.use_tpu, tpu=fv.tpu, tpu_zone=fv.tpu_zone,
+      gcp_project=fv.gcp_project, use_bfloat16=fv.use_bfloat16)

@@ -1,0 +1,227 @@
+"""Filter pseudo-labels by confidence and balance them per class, as a small JSON plan.
+
+Choice: we do not write balanced shards. `balance()` writes a *balance plan* (per class:
+which confidences to keep and a copy factor, plus a seed) that `read_pseudo_labels`
+applies per record at read time with a keyed hash of the record id. Why: the images are
+stored once (the original wrote a second, duplicated copy of 130M images), balancing
+costs one pass over manifests (kilobytes) instead of a rewrite of the data, and a new
+`num_image` or `min_threshold` is a new plan in seconds.
+
+Thresholds come from the per-shard confidence histograms (fine bins, e.g. 1000) merged,
+so memory is O(classes x bins), flat in the number of records. A surplus class keeps
+every record above its boundary bin and a hashed fraction of the boundary bin (so the
+kept set differs from the exact top-K only inside one bin of width 1/num_bins);
+`exact_topk` instead reads (class, confidence, id hash) of every record (16 bytes each)
+and keeps exactly the top K, ties broken by the hash. A class with fewer than `num_image`
+records above `min_threshold` is duplicated: copies = num_image / count, stochastically
+rounded per record (integer part + Bernoulli(remainder), seeded), as the original.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any, Dict, List, Optional, Sequence
+
+from absl import logging
+import numpy as np
+import tensorflow as tf
+
+from noisy_student.config import FilterConfig
+from tfrecords import format as fmt
+from tfrecords import plan as plan_lib
+
+
+@dataclasses.dataclass(frozen=True)
+class BalanceResult:
+  plan_path: str
+  report_path: str
+  plot_path: str
+  report: Dict[str, Any]
+
+
+def merge_histograms(manifests: Sequence[Dict[str, Any]]) -> np.ndarray:
+  """The manifests' sparse per-class histograms summed into int64 [C, num_bins]."""
+  num_classes, num_bins = manifests[0]["num_classes"], manifests[0]["num_bins"]
+  hist = np.zeros([num_classes, num_bins], np.int64)
+  for m in manifests:
+    for c, pairs in m["histogram"].items():
+      if pairs:
+        bins, counts = np.asarray(pairs, np.int64).T
+        np.add.at(hist[int(c)], bins, counts)
+  return hist
+
+
+def _above_threshold(hist: np.ndarray, min_threshold: float) -> np.ndarray:
+  """[C, B] counts of records >= min_threshold; the bin holding it is prorated linearly."""
+  num_bins = hist.shape[1]
+  first = int(fmt.confidence_bins(np.float32(min_threshold), num_bins))
+  out = hist.astype(np.float64)
+  out[:, :first] = 0
+  out[:, first] *= min(1.0, max(0.0, first + 1 - min_threshold * num_bins))
+  return out
+
+
+def histogram_plan(hist: np.ndarray, cfg: FilterConfig) -> List[Dict[str, Any]]:
+  """Per-class plan entries (lo_bin, keep, copies, estimated count) from merged histograms."""
+  num_bins = hist.shape[1]
+  above = _above_threshold(hist, cfg.min_threshold)
+  entries = []
+  for c in range(hist.shape[0]):
+    total = float(above[c].sum())
+    entry = {"lo_bin": -1, "keep": 1.0, "copies": 1.0, "available": total}
+    if cfg.num_image > 0 and total > cfg.num_image:
+      # Walk down from the top bin (as the original, but at 1/num_bins resolution) to the
+      # bin where the running count reaches num_image; keep a fraction of that bin.
+      cum_above = np.cumsum(above[c][::-1])[::-1]  # cum_above[b] = count in bins >= b.
+      lo = int(np.flatnonzero(cum_above >= cfg.num_image)[-1])
+      higher = cum_above[lo + 1] if lo + 1 < num_bins else 0.0
+      entry.update(lo_bin=lo, keep=float((cfg.num_image - higher) / above[c][lo]),
+                   threshold=lo / num_bins)
+    elif cfg.num_image > 0 and cfg.upsample and total > 0:
+      entry["copies"] = cfg.num_image / total
+    entries.append(entry)
+  return entries
+
+
+def _read_small_fields(paths: Sequence[str], seed: int) -> Dict[str, np.ndarray]:
+  """Class, confidence and id hash of every record (16 bytes each), for exact top-K."""
+  spec = {fmt.ID_KEY: tf.io.FixedLenFeature([], tf.string),
+          fmt.CLASS_KEY: tf.io.FixedLenFeature([], tf.int64),
+          fmt.CONFIDENCE_KEY: tf.io.FixedLenFeature([], tf.float32)}
+  ds = tf.data.TFRecordDataset(paths, num_parallel_reads=tf.data.AUTOTUNE).batch(8192)
+  parse = tf.autograph.experimental.do_not_convert(lambda s: tf.io.parse_example(s, spec))
+  ds = ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE)
+  parts = {"c": [], "x": [], "h": []}
+  for f in ds.prefetch(2):
+    parts["c"].append(f[fmt.CLASS_KEY].numpy())
+    parts["x"].append(f[fmt.CONFIDENCE_KEY].numpy())
+    parts["h"].append(plan_lib.id_hash(f[fmt.ID_KEY], seed).numpy())
+  return {k: np.concatenate(v) if v else np.zeros([0]) for k, v in parts.items()}
+
+
+def exact_plan(paths: Sequence[str], num_classes: int,
+               cfg: FilterConfig) -> List[Dict[str, Any]]:
+  """Per-class exact top-K entries (threshold, tie_hash, copies, count)."""
+  f = _read_small_fields(paths, cfg.seed)
+  entries = []
+  for c in range(num_classes):
+    mask = (f["c"] == c) & (f["x"] >= np.float32(cfg.min_threshold))
+    x, h = f["x"][mask], f["h"][mask]
+    entry = {"threshold": float(np.float32(cfg.min_threshold)), "tie_hash": 0,
+             "copies": 1.0, "available": float(len(x))}
+    if cfg.num_image > 0 and len(x) > cfg.num_image:
+      order = np.lexsort((-h, -x))  # Descending confidence, then descending hash.
+      kth = order[cfg.num_image - 1]
+      entry.update(threshold=float(x[kth]), tie_hash=int(h[kth]))
+    elif cfg.num_image > 0 and cfg.upsample and len(x):
+      entry["copies"] = cfg.num_image / len(x)
+    entries.append(entry)
+  return entries
+
+
+def _class_names(pseudo_dir: str, num_classes: int,
+                 class_names: Optional[Sequence[str]]) -> List[str]:
+  """Given names, else predict's class_names.json, else the class indices."""
+  if class_names is None:
+    path = f"{pseudo_dir}/class_names.json"
+    if tf.io.gfile.exists(path):
+      with tf.io.gfile.GFile(path) as f:
+        class_names = json.load(f)["class_names"]
+  names = list(class_names) if class_names is not None else [str(c) for c in range(num_classes)]
+  if len(names) != num_classes:
+    raise ValueError(f"{len(names)} class names for {num_classes} classes in {pseudo_dir}")
+  return names
+
+
+def write_plot(path: str, names: Sequence[str], before: np.ndarray, after: np.ndarray,
+               num_image: int) -> None:
+  """PNG of per-class counts before (all pseudo-labels) and after filter + balance."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+  fig, ax = plt.subplots(figsize=(max(6.0, min(24.0, 0.3 * len(names))), 4.0))
+  x = np.arange(len(names))
+  if len(names) <= 50:
+    ax.bar(x - 0.2, before, 0.4, label="before (all records)")
+    ax.bar(x + 0.2, after, 0.4, label="after filter + balance")
+    ax.set_xticks(x, names, rotation=90 if len(names) > 12 else 0)
+  else:  # Too many bars to read: per-class counts as lines.
+    ax.plot(x, before, label="before (all records)")
+    ax.plot(x, after, label="after filter + balance")
+  if num_image > 0:
+    ax.axhline(num_image, color="grey", linestyle="--", label=f"num_image={num_image}")
+  ax.set_xlabel("class")
+  ax.set_ylabel("records")
+  ax.legend()
+  fig.tight_layout()
+  tmp = f"{path}.tmp.png"
+  with tf.io.gfile.GFile(tmp, "wb") as f:
+    fig.savefig(f, format="png", dpi=100)
+  plt.close(fig)
+  tf.io.gfile.rename(tmp, path, overwrite=True)
+
+
+def _report(cfg: FilterConfig, mode: str, names: Sequence[str], before: np.ndarray,
+            entries: Sequence[Dict[str, Any]], counted: Dict[str, np.ndarray],
+            corrupt: int) -> Dict[str, Any]:
+  per_class = []
+  for c, name in enumerate(names):
+    kept, after = int(counted["kept"][c]), int(counted["copies"][c])
+    per_class.append({
+        "class": c, "name": name, "before": int(before[c]),
+        "above_min_threshold": round(entries[c]["available"], 1),
+        "threshold": round(entries[c].get("threshold", cfg.min_threshold), 6),
+        "copy_factor": round(entries[c]["copies"], 6), "kept_unique": kept,
+        "after": after, "duplicates": after - kept, "dropped": int(before[c]) - kept})
+  totals = {k: int(sum(p[k] for p in per_class))
+            for k in ("before", "kept_unique", "after", "duplicates", "dropped")}
+  return {"mode": mode, "min_threshold": cfg.min_threshold, "num_image": cfg.num_image,
+          "upsample": cfg.upsample, "seed": cfg.seed, "corrupt_skipped": corrupt,
+          "totals": totals, "per_class": per_class}
+
+
+def balance(pseudo_dir: str, filter_cfg: FilterConfig, *, output_dir: Optional[str] = None,
+            class_names: Optional[Sequence[str]] = None) -> BalanceResult:
+  """Computes the balance plan of a predict output directory; writes plan, report, plot.
+
+  Args:
+    pseudo_dir: predict's output directory (every worker's shards must be complete).
+    filter_cfg: min_threshold, num_image (0: no balancing), upsample, exact_topk, seed.
+    output_dir: where balance_plan.json, balance_report.json and balance_counts.png go
+      (default pseudo_dir).
+    class_names: names for the report (default: predict's class_names.json).
+  Returns:
+    BalanceResult with the three paths and the report dict. The report's "after" counts
+    are measured by one pass over the records' small fields (not estimated).
+  """
+  if not 0.0 <= filter_cfg.min_threshold <= 1.0 or filter_cfg.num_image < 0:
+    raise ValueError(f"min_threshold={filter_cfg.min_threshold} must be in [0, 1] and "
+                     f"num_image={filter_cfg.num_image} >= 0")
+  pseudo_dir = pseudo_dir.rstrip("/")
+  manifests = fmt.list_manifests(pseudo_dir)
+  fmt.check_complete(manifests, pseudo_dir)
+  num_classes = int(manifests[0]["num_classes"])
+  names = _class_names(pseudo_dir, num_classes, class_names)
+  if filter_cfg.exact_topk:
+    mode, entries = "exact", exact_plan([m["path"] for m in manifests], num_classes, filter_cfg)
+  else:
+    mode, entries = "histogram", histogram_plan(merge_histograms(manifests), filter_cfg)
+  plan = {"version": plan_lib.PLAN_VERSION, "mode": mode, "seed": filter_cfg.seed,
+          "min_threshold": filter_cfg.min_threshold, "num_image": filter_cfg.num_image,
+          "num_bins": int(manifests[0]["num_bins"]), "classes": entries,
+          "fingerprint_digest": manifests[0]["fingerprint_digest"]}
+  out = (output_dir or pseudo_dir).rstrip("/")
+  tf.io.gfile.makedirs(out)
+  plan_path = f"{out}/{plan_lib.PLAN_NAME}"
+  fmt.write_json_atomic(plan_path, plan)
+  counted = plan_lib.count_copies(pseudo_dir, plan, num_classes)
+  before = np.sum([m["class_counts"] for m in manifests], axis=0)
+  report = _report(filter_cfg, mode, names, before, entries, counted,
+                   sum(m["skipped_count"] for m in manifests))
+  report_path, plot_path = f"{out}/balance_report.json", f"{out}/balance_counts.png"
+  fmt.write_json_atomic(report_path, report)
+  write_plot(plot_path, names, before, counted["copies"], filter_cfg.num_image)
+  logging.info("balance (%s): %d records -> %d kept, %d after duplication; plan %s", mode,
+               report["totals"]["before"], report["totals"]["kept_unique"],
+               report["totals"]["after"], plan_path)
+  return BalanceResult(plan_path, report_path, plot_path, report)

@@ -1,0 +1,225 @@
+"""Top-1 / top-5, per-class accuracy and the confusion matrix of a classifier.
+
+`evaluate` runs a model (load it with its EMA weights) over a batched eval dataset of
+`(images, labels)` under a tf.distribute strategy, accumulating one confusion matrix and a
+top-k hit count per replica, summed at the end: nothing per image stays in memory, so it
+scales to any eval set. `write_report` stores the result as JSON, a PNG of the confusion
+matrix and TensorBoard scalars.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from typing import List, Optional, Sequence
+
+from absl import logging
+import keras
+import numpy as np
+import tensorflow as tf
+from tensorflow.core.framework import summary_pb2
+
+
+@dataclasses.dataclass
+class EvalResult:
+  """What `evaluate` measured; `confusion[i][j]` counts true class i predicted as j."""
+  top1: float
+  top5: float
+  num_images: int
+  per_class_accuracy: List[Optional[float]]  # None where a class has no image.
+  confusion: List[List[int]]
+  class_names: List[str]
+  top_k: int = 5  # min(5, classes): "top-5" of a 3-class problem is top-3.
+
+  def to_json(self) -> str:
+    return json.dumps(dataclasses.asdict(self), indent=1)
+
+  def summary(self) -> str:
+    return (f"top-1 {100 * self.top1:.2f}%  top-{self.top_k} {100 * self.top5:.2f}%  "
+            f"on {self.num_images} images")
+
+
+def _make_step(model: keras.Model, num_classes: int, k: int):
+  """One replica's batch -> (top-k hits, confusion matrix); unlabeled (-1) are ignored."""
+  def step(images, labels):
+    logits = tf.cast(model(images, training=False), tf.float32)
+    labels = tf.cast(tf.reshape(labels, [-1]), tf.int32)
+    keep = labels >= 0
+    logits, labels = tf.boolean_mask(logits, keep), tf.boolean_mask(labels, keep)
+    hits = tf.reduce_sum(tf.cast(tf.math.in_top_k(labels, logits, k), tf.int64))
+    predicted = tf.argmax(logits, axis=-1, output_type=tf.int32)
+    confusion = tf.math.confusion_matrix(labels, predicted, num_classes, dtype=tf.int64)
+    return hits, confusion
+  return step
+
+
+def _as_pair(batch):
+  if isinstance(batch, dict):
+    return batch["image"], batch["label"]
+  return batch
+
+
+def evaluate(model: keras.Model, dataset: tf.data.Dataset, *,
+             class_names: Optional[Sequence[str]] = None,
+             strategy: Optional[tf.distribute.Strategy] = None,
+             log_every_n_batches: int = 50) -> EvalResult:
+  """Measures `model` on `dataset`.
+
+  Args:
+    model: logits model on float32 [batch, S, S, 3] 0..255 images (built, under
+      `strategy.scope()` when a strategy is given).
+    dataset: batched `(images, labels)` tuples or `{"image", "label"}` dicts; labels int,
+      -1 for unknown (skipped). Batches are the global batch size.
+    class_names: names of the model's classes; default "0", "1", ...
+    strategy: tf.distribute strategy to run under; default: the current one.
+    log_every_n_batches: progress line period (images per second).
+
+  Returns:
+    An `EvalResult`. Raises ValueError when the dataset has no labeled image.
+  """
+  strategy = strategy or tf.distribute.get_strategy()
+  num_classes = int(model.output_shape[-1])
+  names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
+  if len(names) != num_classes:
+    raise ValueError(f"evaluate: {len(names)} class names for {num_classes} model outputs")
+  k = min(5, num_classes)
+  step = _make_step(model, num_classes, k)
+
+  @tf.function(reduce_retracing=True)  # The last batch is usually partial.
+  def distributed_step(batch):
+    images, labels = _as_pair(batch)
+    hits, confusion = strategy.run(step, args=(images, labels))
+    return (strategy.reduce(tf.distribute.ReduceOp.SUM, hits, axis=None),
+            strategy.reduce(tf.distribute.ReduceOp.SUM, confusion, axis=None))
+
+  hits = 0
+  confusion = np.zeros([num_classes, num_classes], np.int64)
+  start = time.time()
+  for i, batch in enumerate(strategy.experimental_distribute_dataset(dataset)):
+    batch_hits, batch_confusion = distributed_step(batch)
+    hits += int(batch_hits)
+    confusion += batch_confusion.numpy()
+    if log_every_n_batches and (i + 1) % log_every_n_batches == 0:
+      seen = int(confusion.sum())
+      logging.info("eval: %d images, %.1f images/s", seen, seen / (time.time() - start))
+  total = int(confusion.sum())
+  if total == 0:
+    raise ValueError("evaluate: the eval data holds no labeled image")
+  per_class = confusion.sum(axis=1)
+  accuracy = [float(confusion[c, c] / n) if n else None
+              for c, n in enumerate(per_class)]
+  return EvalResult(top1=float(np.trace(confusion) / total), top5=hits / total,
+                    num_images=total, per_class_accuracy=accuracy,
+                    confusion=confusion.tolist(), class_names=names, top_k=k)
+
+
+def _write_text(path: str, text: str) -> None:
+  tmp = path + ".tmp"
+  with tf.io.gfile.GFile(tmp, "w") as f:
+    f.write(text)
+  tf.io.gfile.rename(tmp, path, overwrite=True)
+
+
+def plot_confusion(result: EvalResult, path: str, title: str = "") -> None:
+  """Saves the row-normalised confusion matrix as a PNG (any tf.io.gfile path)."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+  confusion = np.array(result.confusion, np.float64)
+  rows = confusion / np.maximum(confusion.sum(axis=1, keepdims=True), 1)
+  n = len(result.class_names)
+  fig, ax = plt.subplots(figsize=(min(4 + 0.3 * n, 16),) * 2)
+  image = ax.imshow(rows, cmap="Blues", vmin=0, vmax=1)
+  fig.colorbar(image, ax=ax, fraction=0.046)
+  if n <= 40:  # Beyond that the tick labels are unreadable anyway.
+    ax.set_xticks(range(n), result.class_names, rotation=90)
+    ax.set_yticks(range(n), result.class_names)
+  ax.set_xlabel("predicted")
+  ax.set_ylabel("true")
+  ax.set_title(title or result.summary())
+  fig.tight_layout()
+  tmp = path + ".tmp.png"
+  with tf.io.gfile.GFile(tmp, "wb") as f:
+    fig.savefig(f, format="png", dpi=100)
+  plt.close(fig)
+  tf.io.gfile.rename(tmp, path, overwrite=True)
+
+
+def write_scalars(logdir: str, scalars: dict, step: int) -> None:
+  """Writes TensorBoard scalars with TF core only.
+
+  `tf.summary.scalar` needs the tensorboard package, which TF 2.21 no longer installs;
+  `tf.summary.write` with the scalars plugin's metadata writes the same event records.
+  """
+  metadata = summary_pb2.SummaryMetadata(
+      plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars"),
+      data_class=summary_pb2.DATA_CLASS_SCALAR)
+  writer = tf.summary.create_file_writer(logdir)
+  with writer.as_default():
+    for tag, value in scalars.items():
+      tf.summary.write(tag, tf.constant(value, tf.float32), step=step, metadata=metadata)
+  writer.close()
+
+
+def write_report(result: EvalResult, output_dir: str, *, name: str = "eval",
+                 step: int = 0) -> str:
+  """Writes `<name>.json`, `<name>_confusion.png` and TensorBoard scalars; returns the JSON."""
+  tf.io.gfile.makedirs(output_dir)
+  json_path = f"{output_dir.rstrip('/')}/{name}.json"
+  _write_text(json_path, result.to_json())
+  plot_confusion(result, f"{output_dir.rstrip('/')}/{name}_confusion.png",
+                 title=f"{name}: {result.summary()}")
+  write_scalars(f"{output_dir.rstrip('/')}/{name}",
+                {"eval/top1": result.top1, f"eval/top{result.top_k}": result.top5}, step)
+  logging.info("%s: %s (%s)", name, result.summary(), json_path)
+  return json_path
+
+
+def format_table(rows: Sequence[dict]) -> str:
+  """The results table: one line per model (teacher first), top-1 and top-k in %."""
+  k = rows[0]["top_k"] if rows else 5
+  lines = [f"{'model':<14}{'network':<20}{'size':>5}{'top-1':>9}{f'top-{k}':>9}"
+           f"{'images':>8}"]
+  for r in rows:
+    lines.append(f"{r['name']:<14}{r['model']:<20}{r['image_size']:>5}"
+                 f"{100 * r['top1']:>8.2f}%{100 * r['top5']:>8.2f}%{r['num_images']:>8}")
+  return "\n".join(lines)
+
+
+def plot_results(rows: Sequence[dict], path: str) -> None:
+  """PNG of top-1 and top-k per iteration (teacher = iteration 0)."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+  x = list(range(len(rows)))
+  fig, ax = plt.subplots(figsize=(max(5, 1.2 * len(rows) + 2), 4))
+  k = rows[0]["top_k"]
+  ax.plot(x, [100 * r["top1"] for r in rows], "o-", label="top-1")
+  ax.plot(x, [100 * r["top5"] for r in rows], "s--", label=f"top-{k}")
+  for xi, r in zip(x, rows):
+    ax.annotate(f"{100 * r['top1']:.1f}", (xi, 100 * r["top1"]),
+                textcoords="offset points", xytext=(0, -14), ha="center", fontsize=8)
+  ax.set_xticks(x, [f"{r['name']}\n{r['model'].replace('efficientnet-', '')}"
+                    for r in rows], fontsize=8)
+  ax.set_ylabel("accuracy on the eval data (%)")
+  ax.set_title("Noisy Student: accuracy per iteration")
+  ax.grid(alpha=0.3)
+  ax.legend()
+  fig.tight_layout()
+  tmp = path + ".tmp.png"
+  with tf.io.gfile.GFile(tmp, "wb") as f:
+    fig.savefig(f, format="png", dpi=100)
+  plt.close(fig)
+  tf.io.gfile.rename(tmp, path, overwrite=True)
+
+
+def write_results(rows: Sequence[dict], output_dir: str) -> str:
+  """Prints the table and writes `results.json` and `results.png`; returns the JSON path."""
+  table = format_table(rows)
+  print(table, flush=True)
+  path = f"{output_dir.rstrip('/')}/results.json"
+  _write_text(path, json.dumps({"models": list(rows), "table": table.splitlines()},
+                               indent=1))
+  plot_results(rows, f"{output_dir.rstrip('/')}/results.png")
+  logging.info("Results: %s and results.png", path)
+  return path

@@ -1,0 +1,61 @@
+"""The `noisy-student` program (also `python -m noisy_student`): flags -> Config -> phases.
+
+  noisy-student                                   # the embedded digits demo, end to end
+  noisy-student --flagfile=flags/presets/smoke.flags
+  noisy-student --mode=export --model_dir=runs/default
+
+This module only wires: it defines the flags (flags/), turns them into one frozen
+`noisy_student.config.Config`, checks it (every problem on one line, before any work),
+writes it into --model_dir, and hands it to `noisy_student.pipeline.run_mode`.
+"""
+import sys
+from typing import Sequence
+
+from absl import app
+from absl import flags as absl_flags
+from absl import logging
+
+import flags as ns_flags
+
+FLAGS = absl_flags.FLAGS
+ns_flags.define_all(FLAGS)
+
+PROGRAM = "noisy-student"
+
+
+def _fail(lines: Sequence[str]) -> None:
+  for line in lines:
+    print(f"{PROGRAM}: error: {line}", file=sys.stderr)
+  sys.exit(2)
+
+
+def main(argv: Sequence[str]) -> None:
+  if len(argv) > 1:
+    _fail([f"unexpected arguments {' '.join(argv[1:])!r} (flags look like --name=value)"])
+  try:
+    config = ns_flags.to_config(FLAGS)
+  except ns_flags.ConfigError as e:
+    _fail([str(e)])
+  errors = ns_flags.validate(config)
+  if errors:
+    _fail(errors)
+  # eval / export / predict / filter read a model_dir that training wrote: they keep its
+  # config.json and add their own beside it.
+  name = "config.json" if config.mode in ("train", "pipeline") else f"config-{config.mode}.json"
+  logging.info("Configuration written to %s", config.write(config.train.model_dir, name))
+  # Imported after validation so a bad flag fails in a second, not after loading Keras.
+  from noisy_student import pipeline  # pylint: disable=g-import-not-at-top
+  try:
+    pipeline.run_mode(config)
+  except (ValueError, FileNotFoundError) as e:  # Bad input found by a phase: one line.
+    logging.debug("Stopped by:", exc_info=True)
+    _fail([str(e).splitlines()[0] if str(e) else type(e).__name__])
+
+
+def run() -> None:
+  """The console-script entry point (setup.py: noisy-student=noisy_student.main:run)."""
+  app.run(main)
+
+
+if __name__ == "__main__":
+  run()

@@ -1,0 +1,96 @@
+"""The compiled training step: `iterations_per_loop` steps per host round trip.
+
+One call of the function returned by `make_multi_step` runs N steps (N a tensor, so no
+retrace) of `strategy.run(replica_step)` over a distributed iterator - the TPUEstimator
+shape, which keeps TPUs and GPUs busy without a Python round trip per step - and returns
+the per-step metrics summed over the N steps (host divides by N).
+"""
+from __future__ import annotations
+
+from typing import Callable, Dict, Optional
+
+import keras
+import tensorflow as tf
+
+from noisy_student.config import TrainConfig
+from noisy_student.train import inputs as inputs_lib
+from noisy_student.train import losses
+
+METRICS = ("loss", "labeled_loss", "unlabeled_loss", "weight_decay_loss",
+           "labeled_accuracy", "pseudo_accuracy")
+
+
+def _accuracy(logits: tf.Tensor, classes: tf.Tensor) -> tf.Tensor:
+  hits = tf.equal(tf.argmax(logits, axis=-1, output_type=tf.int32),
+                  tf.cast(classes, tf.int32))
+  return tf.math.divide_no_nan(tf.reduce_sum(tf.cast(hits, tf.float32)),
+                               tf.cast(tf.size(hits), tf.float32))
+
+
+def _targets(batch: Dict[str, tf.Tensor], cfg: TrainConfig, mode: str,
+             teacher: Optional[keras.Model]) -> Optional[tf.Tensor]:
+  """Pseudo-label targets [u, C] for the unlabeled rows, or None when supervised."""
+  if mode == inputs_lib.SUPERVISED:
+    return None
+  if mode == inputs_lib.TEACHER:
+    # The original's on-the-fly teacher: frozen, un-noised, at its own resolution.
+    teacher_logits = tf.stop_gradient(teacher(batch["teacher_image"], training=False))
+    return losses.targets_from_logits(teacher_logits, cfg.teacher_softmax_temp,
+                                      cfg.label_smoothing)
+  return losses.targets_from_probs(batch["probabilities"], cfg.teacher_softmax_temp,
+                                   cfg.label_smoothing)
+
+
+def make_replica_step(model: keras.Model, optimizer, cfg: TrainConfig, mode: str,
+                      weight_decay: float, num_replicas: int, ema=None,
+                      teacher: Optional[keras.Model] = None) -> Callable:
+  """The step one replica runs on its part of the global batch; returns its metrics."""
+  decay_vars = losses.decay_variables(model) if weight_decay else []
+  ratio = cfg.unlabel_ratio if mode != inputs_lib.SUPERVISED else 0.0
+  scales_loss = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
+
+  def replica_step(batch: Dict[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
+    targets = _targets(batch, cfg, mode, teacher)
+    images = batch["image"]
+    if targets is not None:  # One forward pass over concat(labeled, unlabeled).
+      images = tf.concat([images, tf.cast(batch["unlabeled_image"], images.dtype)], 0)
+    with tf.GradientTape() as tape:
+      logits = model(images, training=True)
+      parts = losses.student_loss(
+          logits, batch["label"], targets, unlabel_ratio=ratio,
+          label_smoothing=cfg.label_smoothing, weight_decay=weight_decay,
+          decay_vars=decay_vars)
+      # Gradients are summed over replicas, so each contributes 1/replicas of the mean.
+      scaled = parts.total / num_replicas
+      if scales_loss:
+        scaled = optimizer.scale_loss(scaled)
+    grads = tape.gradient(scaled, model.trainable_variables)
+    optimizer.apply_gradients(zip(grads, model.trainable_variables))
+    if ema is not None:
+      ema.update(optimizer.iterations)
+    num_labeled = tf.shape(batch["label"])[0]
+    pseudo_acc = (tf.constant(0.0) if targets is None else
+                  _accuracy(logits[num_labeled:], tf.argmax(targets, axis=-1)))
+    return {"loss": parts.total, "labeled_loss": parts.labeled,
+            "unlabeled_loss": parts.unlabeled, "weight_decay_loss": parts.weight_decay,
+            "labeled_accuracy": _accuracy(logits[:num_labeled], batch["label"]),
+            "pseudo_accuracy": pseudo_acc}
+
+  return replica_step
+
+
+def make_multi_step(strategy: tf.distribute.Strategy, replica_step: Callable) -> Callable:
+  """tf.function(iterator, n) running n steps; returns {metric: sum over the n steps}."""
+
+  @tf.function
+  def multi_step(iterator, num_steps: tf.Tensor) -> Dict[str, tf.Tensor]:
+    sums = {k: tf.constant(0.0) for k in METRICS}
+    for _ in tf.range(num_steps):
+      per_replica = strategy.run(replica_step, args=(next(iterator),))
+      # Every replica holds the same number of rows, so the mean of the per-replica
+      # means is the mean over the global batch.
+      sums = {k: sums[k] + strategy.reduce(tf.distribute.ReduceOp.MEAN, per_replica[k],
+                                           axis=None) for k in METRICS}
+    return sums
+
+  return multi_step

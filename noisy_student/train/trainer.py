@@ -1,0 +1,243 @@
+"""Teacher and student training: `train(...)` runs one training phase end to end.
+
+Shape (the TPUEstimator's, in TF2): a tf.function runs `iterations_per_loop` steps per
+call via strategy.run over a distributed dataset; a Keras 3 optimizer; a
+tf.train.CheckpointManager of model, optimizer (its `iterations` is the global step) and
+EMA every `save_checkpoints_steps`. A restarted job resumes from the last checkpoint and
+stops at `train_steps`, with the schedule a function of the global step only.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from typing import Dict, Optional, Sequence
+
+from absl import logging
+import keras
+import tensorflow as tf
+from tensorflow.core.framework import summary_pb2
+
+from noisy_student.config import DataConfig, DistributeConfig, ModelConfig, TrainConfig
+from noisy_student.train import checkpoints
+from noisy_student.train import distribute
+from noisy_student.train import ema as ema_lib
+from noisy_student.train import inputs as inputs_lib
+from noisy_student.train import preflight
+from noisy_student.train import schedules
+from noisy_student.train import steps as steps_lib
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainResult:
+  """What a finished training phase reports."""
+  model_dir: str
+  global_step: int
+  start_step: int  # > 0 when the run resumed from a checkpoint.
+  checkpoint_path: str
+  final_model_path: Optional[str]  # model_dir/final.keras (chief only).
+  metrics: Dict[str, float]  # Means over the last loop of steps.
+  images_per_second: float  # Over the run, compilation excluded.
+  num_replicas: int
+  mode: str  # "supervised", "stored" or "teacher".
+
+
+@dataclasses.dataclass
+class _State:
+  """Everything the loop touches (built under the strategy scope)."""
+  model: keras.Model
+  optimizer: keras.optimizers.Optimizer
+  ema: Optional[ema_lib.WeightEMA]
+  teacher: Optional[keras.Model]
+  manager: tf.train.CheckpointManager
+  schedule: keras.optimizers.schedules.LearningRateSchedule
+
+
+def global_step(optimizer) -> int:
+  """The optimizer's step counter as an int (works for mirrored / multi-worker ones)."""
+  return int(tf.convert_to_tensor(optimizer.iterations).numpy())
+
+
+def _build_state(model_cfg: ModelConfig, train_cfg: TrainConfig, teacher,
+                 num_train_images: int, ckpt_dir: str) -> _State:
+  """Model (initialised), optimizer, EMA, teacher and checkpoint manager; call in scope."""
+  model = checkpoints.build_model(model_cfg)
+  has_checkpoint = tf.train.latest_checkpoint(train_cfg.model_dir) is not None
+  if train_cfg.init_model_path and not has_checkpoint:
+    checkpoints.init_from(model, train_cfg.init_model_path)
+    logging.info("Student initialised from %s.", train_cfg.init_model_path)
+  schedule = schedules.build_schedule(train_cfg, num_train_images)
+  optimizer = schedules.build_optimizer(
+      train_cfg, schedule, loss_scale=model_cfg.dtype_policy == "mixed_float16")
+  optimizer.build(model.trainable_variables)  # Slots exist before a restore.
+  ema = (ema_lib.WeightEMA(model, train_cfg.moving_average_decay)
+         if train_cfg.moving_average_decay else None)
+  if teacher is None and train_cfg.teacher_model_path:
+    teacher = checkpoints.load_for_inference(train_cfg.teacher_model_path,
+                                             dtype_policy=model_cfg.dtype_policy)
+  if teacher is not None:
+    teacher.trainable = False
+  ckpt = checkpoints.make_checkpoint(model, optimizer, ema)
+  manager = tf.train.CheckpointManager(ckpt, ckpt_dir,
+                                       max_to_keep=train_cfg.keep_checkpoint_max,
+                                       step_counter=optimizer.iterations)
+  # Every worker restores the chief's checkpoint (non-chief ones save to scratch dirs).
+  latest = tf.train.latest_checkpoint(train_cfg.model_dir)
+  if latest:
+    ckpt.restore(latest).assert_existing_objects_matched()
+    logging.info("Resumed from %s (step %d).", latest, global_step(optimizer))
+  return _State(model, optimizer, ema, teacher, manager, schedule)
+
+
+def train(model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg: TrainConfig,
+          dist_cfg: DistributeConfig, *, labeled_source, pseudo_labels=None,
+          teacher: Optional[keras.Model] = None,
+          class_names: Optional[Sequence[str]] = None,
+          strategy: Optional[tf.distribute.Strategy] = None) -> TrainResult:
+  """Trains a teacher (unlabel_ratio 0) or a noised student; returns a TrainResult.
+
+  Args:
+    model_cfg, data_cfg, train_cfg, dist_cfg: the run's configuration.
+    labeled_source: a Contract-2 `Source`, or a finite tf.data.Dataset of raw records
+      (dicts with "image/encoded", "label") or of preprocessed (image [S, S, 3] float32
+      0..255, label) pairs; the trainer repeats it.
+    pseudo_labels: student only: a pseudo-label directory/pattern (tfrecords reader), or a
+      dataset of its records (dicts with "image/encoded", "probabilities"), or of
+      preprocessed dicts {"image", "probabilities"} (or {"image", "teacher_image"} with
+      an on-the-fly teacher). Defaults to train_cfg.pseudo_label_dir.
+    teacher: a frozen keras.Model labelling the unlabeled images inside the step (the
+      original's on-the-fly mode); else loaded from train_cfg.teacher_model_path if set.
+    class_names: names of the classes, stored in build_config.json (default: the
+      source's).
+    strategy: the strategy to train under; default `distribute.make_strategy(dist_cfg)`.
+      Multi-worker programs must create theirs at startup, before any other TF op
+      (TF configures collective ops only then).
+  Returns:
+    TrainResult. Raises ValueError on inconsistent input, FloatingPointError on a NaN
+    loss (the last good checkpoint is left as it was).
+  """
+  preflight.check_train_config(train_cfg)
+  strategy = strategy or distribute.make_strategy(dist_cfg)
+  model_cfg = distribute.resolve_model_config(model_cfg, dist_cfg, strategy)
+  chief, ckpt_dir = preflight.chief_and_checkpoint_dir(strategy, train_cfg.model_dir)
+  run = preflight.prepare_inputs(model_cfg, train_cfg, strategy, labeled_source,
+                                 pseudo_labels, teacher, class_names, chief)
+  with strategy.scope():
+    state = _build_state(model_cfg, train_cfg, teacher, run.num_train_images, ckpt_dir)
+  preflight.check_teacher(state.teacher, model_cfg, run.spec.mode)
+  spec = dataclasses.replace(run.spec, teacher_image_size=preflight.input_size(
+      state.teacher) if state.teacher is not None else None)
+  if chief:
+    checkpoints.write_build_config(train_cfg.model_dir, model_cfg, run.class_names,
+                                   has_ema=state.ema is not None)
+  start_step = global_step(state.optimizer)
+  dataset_fn = inputs_lib.make_dataset_fn(run.labeled, run.unlabeled, data_cfg, spec,
+                                          start_step)
+  iterator = iter(strategy.distribute_datasets_from_function(dataset_fn))
+  replica_step = steps_lib.make_replica_step(
+      state.model, state.optimizer, train_cfg, spec.mode,
+      schedules.loss_weight_decay(train_cfg), strategy.num_replicas_in_sync, state.ema,
+      state.teacher)
+  multi_step = steps_lib.make_multi_step(strategy, replica_step)
+  images_per_step = strategy.num_replicas_in_sync * (spec.labeled_batch +
+                                                     spec.unlabeled_batch)
+  loop = _Loop(train_cfg, state, chief, images_per_step, run.num_train_images)
+  metrics, rate = loop.run(multi_step, iterator, start_step)
+  preflight.cleanup_worker_dir(chief, ckpt_dir)
+  final_path = None
+  if chief:
+    final_path = checkpoints.save_final_model(
+        checkpoints.load_for_inference(train_cfg.model_dir), train_cfg.model_dir)
+    logging.info("Wrote %s.", final_path)
+  return TrainResult(train_cfg.model_dir, global_step(state.optimizer), start_step,
+                     state.manager.latest_checkpoint or "", final_path, metrics, rate,
+                     strategy.num_replicas_in_sync, spec.mode)
+
+
+class _Loop:
+  """The host loop: run chunks of steps, check, summarise, log, checkpoint."""
+
+  def __init__(self, cfg: TrainConfig, state: _State, chief: bool, images_per_step: int,
+               num_train_images: int):
+    self.cfg, self.state, self.chief = cfg, state, chief
+    self.images_per_step = images_per_step
+    self.steps_per_epoch = schedules.steps_per_epoch(cfg, num_train_images)
+    logdir = f"{cfg.model_dir.rstrip('/')}/train"
+    self.writer = (tf.summary.create_file_writer(logdir) if chief
+                   else tf.summary.create_noop_writer())
+
+  def _chunk(self, step: int) -> int:
+    """Steps in the next call: never past a checkpoint boundary or the end."""
+    to_save = self.cfg.save_checkpoints_steps - step % self.cfg.save_checkpoints_steps
+    return min(self.cfg.iterations_per_loop, to_save, self.cfg.train_steps - step)
+
+  def run(self, multi_step, iterator, step: int):
+    """Trains from `step` to train_steps; returns (last metrics, images/s)."""
+    metrics, timed_steps, timed_secs, last_log, calls = {}, 0, 0.0, step, 0
+    if step >= self.cfg.train_steps:
+      logging.info("Already at step %d of %d; nothing to train.", step, self.cfg.train_steps)
+    while step < self.cfg.train_steps:
+      n = self._chunk(step)
+      start = time.perf_counter()
+      sums = multi_step(iterator, tf.constant(n, tf.int32))
+      metrics = {k: float(v) / n for k, v in sums.items()}  # float() waits for the steps.
+      secs = time.perf_counter() - start
+      _check_finite(metrics, step, n, self.state.manager.latest_checkpoint)
+      if calls or n == self.cfg.train_steps - step:  # The first call compiles: left out.
+        timed_steps, timed_secs = timed_steps + n, timed_secs + secs
+      calls += 1
+      step += n
+      rate = self.images_per_step * n / max(secs, 1e-9)
+      self._summaries(step, metrics, rate)
+      if step - last_log >= self.cfg.log_every_n_steps or step == self.cfg.train_steps:
+        self._progress(step, metrics, rate, n / max(secs, 1e-9))
+        last_log = step
+      if step % self.cfg.save_checkpoints_steps == 0 or step == self.cfg.train_steps:
+        path = self.state.manager.save(checkpoint_number=step)
+        logging.info("Saved %s.", path)
+    self.writer.flush()
+    overall = self.images_per_step * timed_steps / timed_secs if timed_secs else 0.0
+    return metrics, overall
+
+  def _summaries(self, step: int, metrics: Dict[str, float], rate: float) -> None:
+    values = dict(metrics, learning_rate=float(self.state.schedule(step - 1)),
+                  images_per_second=rate, epoch=step / self.steps_per_epoch)
+    with self.writer.as_default(step=step):
+      for name, value in values.items():
+        _scalar_summary(name, value)
+
+  def _progress(self, step: int, metrics: Dict[str, float], rate: float,
+                steps_per_sec: float) -> None:
+    eta = (self.cfg.train_steps - step) / max(steps_per_sec, 1e-9)
+    student = (f", unlabeled {metrics['unlabeled_loss']:.4f}, pseudo-acc "
+               f"{metrics['pseudo_accuracy']:.3f}" if self.cfg.unlabel_ratio else "")
+    logging.info("step %d/%d (epoch %.2f) loss %.4f (labeled %.4f, acc %.3f%s) lr %.3g | "
+                 "%.1f images/s, ETA %s", step, self.cfg.train_steps,
+                 step / self.steps_per_epoch, metrics["loss"], metrics["labeled_loss"],
+                 metrics["labeled_accuracy"], student, float(self.state.schedule(step - 1)),
+                 rate, _hms(eta))
+
+
+# TensorBoard's scalar plugin metadata, written with TF core's tf.summary.write so that
+# training does not need the tensorboard package installed (TF 2.21 does not pull it in).
+_SCALAR_METADATA = summary_pb2.SummaryMetadata(
+    plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars"),
+    data_class=summary_pb2.DATA_CLASS_SCALAR).SerializeToString()
+
+
+def _scalar_summary(name: str, value: float) -> None:
+  tf.summary.write(name, tf.constant(value, tf.float32), metadata=_SCALAR_METADATA)
+
+
+def _check_finite(metrics: Dict[str, float], step: int, n: int,
+                  last_checkpoint: Optional[str]) -> None:
+  if not all(math.isfinite(v) for v in metrics.values()):
+    raise FloatingPointError(
+        f"Loss became NaN/Inf between steps {step} and {step + n} ({metrics}). Nothing was "
+        f"saved; the last good checkpoint is {last_checkpoint or 'none'}. Lower "
+        "--base_learning_rate, check the input data, or turn off --use_bfloat16.")
+
+
+def _hms(seconds: float) -> str:
+  seconds = int(seconds)
+  return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"

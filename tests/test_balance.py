@@ -1,0 +1,122 @@
+"""noisy_student/balance.py + tfrecords/plan.py: filter, balance, plan applied at read time."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+from noisy_student import balance
+from noisy_student.config import FilterConfig
+from tfrecords import format as fmt
+from tfrecords import plan as plan_lib
+
+C, NUM_BINS = 3, 1000
+
+
+def _write_shards(directory, conf_by_class, num_shards=3, teacher="t"):
+  """Shards whose records have the given per-class confidences (ids 'c<class>-<i>')."""
+  fp = {"teacher": teacher, "source": "synthetic", "num_workers": 1, "num_shards": num_shards,
+        "teacher_softmax_temp": 1.0, "num_classes": C, "image_size": 8, "num_bins": NUM_BINS}
+  recs = [(c, x, f"c{c}-{i}".encode()) for c, xs in enumerate(conf_by_class)
+          for i, x in enumerate(xs)]
+  bounds = [k * len(recs) // num_shards for k in range(num_shards + 1)]
+  for k in range(num_shards):
+    part = recs[bounds[k]:bounds[k + 1]]
+    w = fmt.ShardWriter(os.path.join(directory, fmt.shard_name("train", k, num_shards)), C,
+                        fp, bounds[k:k + 2], num_bins=NUM_BINS)
+    conf = np.float32([x for _, x, _ in part])
+    cls = np.int64([c for c, _, _ in part])
+    probs = np.full([len(part), C], 0.0, np.float32)
+    probs[np.arange(len(part)), cls] = conf
+    w.write_batch([b"x"] * len(part), [i for _, _, i in part], np.full([len(part)], -1),
+                  probs, cls, conf)
+    w.close()
+  return recs
+
+
+def _confidences(seed=0):
+  rng = np.random.default_rng(seed)
+  return [rng.beta(5, 2, 2000).astype(np.float32),  # Surplus class.
+          rng.uniform(0.2, 0.9, 120).astype(np.float32),  # Short class (some < 0.3).
+          np.float32([0.1, 0.2, 0.25])]  # Nothing above the threshold.
+
+
+def _read(directory, plan):
+  ds = plan_lib.read_pseudo_labels(str(directory), plan).batch(1024)
+  return [rec for b in ds.as_numpy_iterator()
+          for rec in zip(b[fmt.CLASS_KEY].tolist(), b[fmt.CONFIDENCE_KEY].tolist(),
+                         b[fmt.ID_KEY].tolist())]
+
+
+@pytest.mark.parametrize("exact", [False, True])
+def test_surplus_class_keeps_its_most_confident(tmp_path, exact):
+  conf = _confidences()
+  _write_shards(str(tmp_path), conf)
+  cfg = FilterConfig(num_image=500, exact_topk=exact, seed=3)
+  result = balance.balance(str(tmp_path), cfg)
+  got = _read(tmp_path, result.plan_path)
+  kept = np.float32(sorted((x for c, x, _ in got if c == 0), reverse=True))
+  top = np.sort(conf[0])[::-1][:500]
+  if exact:
+    np.testing.assert_array_equal(kept, top)
+  else:
+    # Differs from the exact top-K only inside one bin of width 1/NUM_BINS (+ binomial
+    # noise of that bin's subsample).
+    assert abs(len(kept) - 500) <= 10
+    assert kept.min() >= top.min() - 1.0 / NUM_BINS
+    assert (conf[0] >= top.min() + 1.0 / NUM_BINS).sum() <= (kept >= top.min() + 1e-3).sum()
+    overlap = len(np.intersect1d(kept, top)) / 500
+    assert overlap >= 0.99
+  report = json.load(open(result.report_path))
+  row = report["per_class"][0]
+  assert row["before"] == 2000 and row["after"] == len(kept) and row["duplicates"] == 0
+  assert row["dropped"] == 2000 - len(kept)
+  assert os.path.getsize(result.plot_path) > 1000
+
+
+def test_short_class_is_duplicated_with_seeded_stochastic_rounding(tmp_path):
+  conf = _confidences()
+  _write_shards(str(tmp_path), conf)
+  plan = balance.balance(str(tmp_path), FilterConfig(num_image=300, seed=1)).plan_path
+  got = _read(tmp_path, plan)
+  assert all(x >= 0.3 for _, x, _ in got)  # Filtered by min_threshold.
+  assert not [1 for c, _, _ in got if c == 2]  # Nothing of class 2 passes the filter.
+  ids = [i for c, _, i in got if c == 1]
+  available = int((conf[1] >= 0.3).sum())
+  counts = np.unique(np.unique(ids, return_counts=True)[1])
+  factor = 300 / available
+  assert set(counts) <= {int(np.floor(factor)), int(np.ceil(factor))}
+  assert len(set(ids)) == available
+  assert abs(len(ids) - 300) <= 3 * np.sqrt(available) + 1
+  assert _read(tmp_path, plan) == got  # Deterministic.
+  other = balance.balance(str(tmp_path), FilterConfig(num_image=300, seed=2),
+                          output_dir=str(tmp_path / "s2")).plan_path
+  assert sorted(_read(tmp_path, other)) != sorted(got)  # The seed matters.
+  no_up = balance.balance(str(tmp_path), FilterConfig(num_image=300, upsample=False),
+                          output_dir=str(tmp_path / "noup")).plan_path
+  assert len([1 for c, _, _ in _read(tmp_path, no_up) if c == 1]) == available
+
+
+def test_num_image_zero_only_filters(tmp_path):
+  conf = _confidences()
+  _write_shards(str(tmp_path), conf)
+  result = balance.balance(str(tmp_path), FilterConfig(num_image=0, min_threshold=0.5))
+  got = _read(tmp_path, result.plan_path)
+  assert len(got) == sum(int((x >= 0.5).sum()) for x in conf)
+  assert result.report["totals"]["after"] == len(got)
+  everything = plan_lib.read_pseudo_labels(str(tmp_path)).batch(1024)
+  assert sum(len(b[fmt.ID_KEY]) for b in everything) == sum(len(x) for x in conf)
+
+
+def test_plan_from_other_shards_is_refused(tmp_path):
+  _write_shards(str(tmp_path / "a"), _confidences(), teacher="a")
+  _write_shards(str(tmp_path / "b"), _confidences(), teacher="b")
+  plan = balance.balance(str(tmp_path / "a"), FilterConfig(num_image=100)).plan_path
+  with pytest.raises(ValueError, match="computed for other shards"):
+    plan_lib.read_pseudo_labels(str(tmp_path / "b"), plan)
+  with pytest.raises(ValueError, match="min_threshold=1.5"):
+    balance.balance(str(tmp_path / "a"), FilterConfig(min_threshold=1.5))
+  bad = tmp_path / "bad.json"
+  bad.write_text(json.dumps({"version": 99}))
+  with pytest.raises(ValueError, match="balance plan"):
+    plan_lib.read_pseudo_labels(str(tmp_path / "a"), str(bad))

@@ -1,0 +1,175 @@
+"""Phase orchestration: order, completion markers, resume without redoing, changed flags.
+
+The phases are replaced by recorders here (the real ones are covered by their modules'
+tests and by the slow end-to-end test in test_main.py): what is tested is the bookkeeping.
+"""
+import dataclasses
+import json
+import os
+
+import pytest
+
+from noisy_student import config as config_lib
+from noisy_student import pipeline
+
+
+class Recorder:
+  """Stands in for the phase functions; records calls; can fail at a chosen phase."""
+
+  def __init__(self, monkeypatch, fail_at=None):
+    self.calls, self.fail_at = [], fail_at
+    for name in ("train_teacher", "evaluate_model", "predict_pseudo_labels",
+                 "balance_pseudo_labels", "train_student", "finetune_model",
+                 "export_model"):
+      monkeypatch.setattr(pipeline, name, self._make(name))
+
+  def _make(self, fn_name):
+    def fn(ctx, *args):
+      label = self._label(fn_name, args)
+      if label == self.fail_at:
+        raise KeyboardInterrupt(f"killed in {label}")  # As a kill, not a handled error.
+      self.calls.append(label)
+      return self._result(fn_name, ctx, args)
+    return fn
+
+  @staticmethod
+  def _label(fn_name, args):
+    if fn_name == "evaluate_model":
+      return f"eval-{args[1]}"
+    if fn_name == "train_student":
+      return f"student-{args[0]}"
+    if fn_name == "predict_pseudo_labels":
+      return f"predict-{args[1].rsplit('_', 1)[1]}"
+    if fn_name == "balance_pseudo_labels":
+      return f"balance-{args[0]['output_dir'].rsplit('_', 1)[1]}"
+    return {"train_teacher": "teacher", "finetune_model": "finetune",
+            "export_model": "export"}[fn_name]
+
+  @staticmethod
+  def _result(fn_name, ctx, args):
+    def model(path, name):
+      return {"path": path, "model_name": name, "image_size": 32, "small_image": True}
+    if fn_name == "train_teacher":
+      return model(ctx.path("teacher"), ctx.cfg.model.model_name)
+    if fn_name == "train_student":
+      return model(ctx.path(f"student_{args[0]}"), args[1])
+    if fn_name == "finetune_model":
+      return dict(args[0], path=ctx.path("finetune/final.keras"), image_size=40,
+                  finetuned_from=args[0]["path"])
+    if fn_name == "evaluate_model":
+      top1 = {"teacher": 0.8}.get(args[1], 0.9)
+      return {"top1": top1, "top5": 1.0, "top_k": 5, "num_images": 400, "report": "r"}
+    if fn_name == "predict_pseudo_labels":
+      return {"output_dir": args[1], "records_written": 10, "corrupt_skipped": 0}
+    if fn_name == "balance_pseudo_labels":
+      return {"output_dir": args[0]["output_dir"], "plan_path": "p", "report_path": "r",
+              "totals": {}}
+    return {"export_path": ctx.path("export/1")}
+
+
+def _cfg(tmp_path, students=("efficientnet-b0", "efficientnet-b0"), **pipeline_changes):
+  return config_lib.Config(
+      train=config_lib.TrainConfig(model_dir=str(tmp_path / "run"), unlabel_ratio=2.0),
+      student_model_names=tuple(students),
+      pipeline=config_lib.PipelineConfig(**{"finetune": True, **pipeline_changes}))
+
+
+def test_full_run_order_markers_and_results(tmp_path, monkeypatch, capsys):
+  cfg = _cfg(tmp_path)
+  rec = Recorder(monkeypatch)
+  rows = pipeline.run_pipeline(cfg)
+  assert rec.calls == pipeline.plan(cfg)
+  assert rec.calls[:6] == ["teacher", "eval-teacher", "predict-1", "balance-1",
+                           "student-1", "eval-student-1"]
+  assert sorted(pipeline.Markers(cfg.train.model_dir).done()) == sorted(rec.calls)
+  assert [r["name"] for r in rows] == ["teacher", "student 1", "student 2", "fine-tuned"]
+  with open(os.path.join(cfg.train.model_dir, "results.json")) as f:
+    saved = json.load(f)
+  assert [m["top1"] for m in saved["models"]] == [0.8, 0.9, 0.9, 0.9]
+  assert os.path.getsize(os.path.join(cfg.train.model_dir, "results.png")) > 1000
+  table = capsys.readouterr().out
+  assert table.index("teacher") < table.index("student 1") and "80.00%" in table
+
+
+def test_rerun_redoes_nothing(tmp_path, monkeypatch):
+  cfg = _cfg(tmp_path)
+  Recorder(monkeypatch)
+  first = pipeline.run_pipeline(cfg)
+  rec = Recorder(monkeypatch)
+  assert pipeline.run_pipeline(cfg) == first
+  assert rec.calls == []
+
+
+@pytest.mark.parametrize("killed_in", ["predict-1", "student-2", "finetune", "export"])
+def test_killed_run_resumes_at_the_phase_it_was_in(tmp_path, monkeypatch, killed_in):
+  cfg = _cfg(tmp_path)
+  order = pipeline.plan(cfg)
+  first = Recorder(monkeypatch, fail_at=killed_in)
+  with pytest.raises(KeyboardInterrupt):
+    pipeline.run_pipeline(cfg)
+  assert first.calls == order[:order.index(killed_in)]
+  second = Recorder(monkeypatch)
+  pipeline.run_pipeline(cfg)
+  assert second.calls == order[order.index(killed_in):]
+
+
+def test_deleted_markers_redo_only_those_phases(tmp_path, monkeypatch):
+  cfg = _cfg(tmp_path)
+  Recorder(monkeypatch)
+  pipeline.run_pipeline(cfg)
+  markers = pipeline.Markers(cfg.train.model_dir)
+  for name in ("student-2", "eval-student-2", "finetune", "eval-finetune", "export"):
+    os.remove(markers.path(name))
+  rec = Recorder(monkeypatch)
+  pipeline.run_pipeline(cfg)
+  assert rec.calls == ["student-2", "eval-student-2", "finetune", "eval-finetune",
+                       "export"]
+
+
+def test_more_iterations_reuse_the_finished_ones(tmp_path, monkeypatch):
+  Recorder(monkeypatch)
+  pipeline.run_pipeline(_cfg(tmp_path, students=("efficientnet-b0",)))
+  rec = Recorder(monkeypatch)
+  pipeline.run_pipeline(_cfg(tmp_path))
+  # The phases after the last student are redone on the new last student.
+  assert rec.calls == ["predict-2", "balance-2", "student-2", "eval-student-2",
+                       "finetune", "eval-finetune", "export"]
+
+
+def test_changed_flags_of_a_finished_phase_are_refused(tmp_path, monkeypatch):
+  cfg = _cfg(tmp_path)
+  Recorder(monkeypatch)
+  pipeline.run_pipeline(cfg)
+  changed = dataclasses.replace(
+      cfg, train=dataclasses.replace(cfg.train, train_steps=cfg.train.train_steps + 1))
+  rec = Recorder(monkeypatch)
+  with pytest.raises(pipeline.PhaseMismatchError,
+                     match=r"phase teacher .*train.train_steps: 1000 -> 1001"):
+    pipeline.run_pipeline(changed)
+  assert rec.calls == []
+  # Flags that only change speed or logging do not count as a change.
+  faster = dataclasses.replace(
+      cfg, train=dataclasses.replace(cfg.train, log_every_n_steps=7, iterations_per_loop=9))
+  pipeline.run_pipeline(faster)
+  assert rec.calls == []
+
+
+def test_per_iteration_ratios_reach_the_students(tmp_path, monkeypatch):
+  seen = []
+  Recorder(monkeypatch)
+  monkeypatch.setattr(pipeline, "train_student", lambda ctx, i, name, ratio, balanced: (
+      seen.append(ratio) or {"path": ctx.path(f"s{i}"), "model_name": name,
+                             "image_size": 32, "small_image": True}))
+  pipeline.run_pipeline(_cfg(tmp_path, student_unlabel_ratios=(14.0, 28.0)))
+  assert seen == [14.0, 28.0]
+
+
+def test_eval_and_export_modes_find_the_last_model_of_a_pipeline(tmp_path, monkeypatch):
+  cfg = _cfg(tmp_path)
+  Recorder(monkeypatch)
+  pipeline.run_pipeline(cfg)
+  root = cfg.train.model_dir
+  assert pipeline.info_of(root)["path"].endswith("finetune/final.keras")
+  markers = pipeline.Markers(root)
+  os.remove(markers.path("finetune"))
+  assert pipeline.info_of(root)["path"].endswith("student_2")
