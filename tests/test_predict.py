@@ -208,8 +208,33 @@ def test_failed_run_leaves_the_open_shard_incomplete(model, source, tmp_path):
   flags = dict(num_shards=4, eval_batch_size=16)  # Shards [0,49) [49,98) [98,147) ...
   with pytest.raises(tf.errors.InvalidArgumentError):
     _run(model, _FailingSource(source, 100), tmp_path, **flags)
-  assert [m["shard"] for m in fmt.list_manifests(str(tmp_path))] == ["train-00000-of-00004"]
+  # Shards 0 and 1 were whole when the read failed at record 100; shard 2 stays open.
+  assert [m["shard"] for m in fmt.list_manifests(str(tmp_path))] == [
+      "train-00000-of-00004", "train-00001-of-00004"]
   assert not list(tmp_path.glob("*.tmp-*"))
   summary = _run(model, source, tmp_path, **flags)
-  assert (summary.shards_reused, summary.records_written) == (1, 197 - 49)
+  assert (summary.shards_reused, summary.records_written) == (2, 197 - 98)
   assert len(_by_id(tmp_path)) == 197
+
+
+class _FlakySource(_FailingSource):
+  """A transient read error: records from `fail_at` on fail in the first two reads (the
+  size query and the labelling pass) and read fine afterwards."""
+
+  def __init__(self, source, fail_at):
+    super().__init__(source, fail_at)
+    self.reads = 0
+
+  def dataset(self, num_workers=1, worker_index=0):
+    self.reads += 1
+    if self.reads <= 2:
+      return super().dataset(num_workers, worker_index)
+    return self._source.dataset(num_workers, worker_index)
+
+
+def test_records_lost_to_a_read_error_are_not_counted_as_corrupt(model, source, tmp_path):
+  flaky = _FlakySource(source, 100)
+  with pytest.raises(RuntimeError, match="went missing from the input stream"):
+    _run(model, flaky, tmp_path, num_shards=4, eval_batch_size=16)
+  assert flaky.reads == 3  # Size, labelling, then the re-read of the missing records.
+  assert "train-00002-of-00004" not in [m["shard"] for m in fmt.list_manifests(str(tmp_path))]
