@@ -26,6 +26,7 @@ from absl import logging
 import numpy as np
 import tensorflow as tf
 
+from noisy_student import plots
 from noisy_student.config import FilterConfig
 from tfrecords import format as fmt
 from tfrecords import plan as plan_lib
@@ -136,9 +137,7 @@ def _class_names(pseudo_dir: str, num_classes: int,
 def write_plot(path: str, names: Sequence[str], before: np.ndarray, after: np.ndarray,
                num_image: int) -> None:
   """PNG of per-class counts before (all pseudo-labels) and after filter + balance."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+  plt = plots.pyplot()
   fig, ax = plt.subplots(figsize=(max(6.0, min(24.0, 0.3 * len(names))), 4.0))
   x = np.arange(len(names))
   if len(names) <= 50:
@@ -154,11 +153,7 @@ def write_plot(path: str, names: Sequence[str], before: np.ndarray, after: np.nd
   ax.set_ylabel("records")
   ax.legend()
   fig.tight_layout()
-  tmp = f"{path}.tmp.png"
-  with tf.io.gfile.GFile(tmp, "wb") as f:
-    fig.savefig(f, format="png", dpi=100)
-  plt.close(fig)
-  tf.io.gfile.rename(tmp, path, overwrite=True)
+  plots.save_figure(fig, path)
 
 
 def _report(cfg: FilterConfig, mode: str, names: Sequence[str], before: np.ndarray,

@@ -19,6 +19,8 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.core.framework import summary_pb2
 
+from noisy_student import plots
+
 
 @dataclasses.dataclass
 class EvalResult:
@@ -122,9 +124,7 @@ def _write_text(path: str, text: str) -> None:
 
 def plot_confusion(result: EvalResult, path: str, title: str = "") -> None:
   """Saves the row-normalised confusion matrix as a PNG (any tf.io.gfile path)."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+  plt = plots.pyplot()
   confusion = np.array(result.confusion, np.float64)
   rows = confusion / np.maximum(confusion.sum(axis=1, keepdims=True), 1)
   n = len(result.class_names)
@@ -138,11 +138,7 @@ def plot_confusion(result: EvalResult, path: str, title: str = "") -> None:
   ax.set_ylabel("true")
   ax.set_title(title or result.summary())
   fig.tight_layout()
-  tmp = path + ".tmp.png"
-  with tf.io.gfile.GFile(tmp, "wb") as f:
-    fig.savefig(f, format="png", dpi=100)
-  plt.close(fig)
-  tf.io.gfile.rename(tmp, path, overwrite=True)
+  plots.save_figure(fig, path)
 
 
 def write_scalars(logdir: str, scalars: dict, step: int) -> None:
@@ -188,9 +184,7 @@ def format_table(rows: Sequence[dict]) -> str:
 
 def plot_results(rows: Sequence[dict], path: str) -> None:
   """PNG of top-1 and top-k per iteration (teacher = iteration 0)."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+  plt = plots.pyplot()
   x = list(range(len(rows)))
   fig, ax = plt.subplots(figsize=(max(5, 1.2 * len(rows) + 2), 4))
   k = rows[0]["top_k"]
@@ -206,11 +200,7 @@ def plot_results(rows: Sequence[dict], path: str) -> None:
   ax.grid(alpha=0.3)
   ax.legend()
   fig.tight_layout()
-  tmp = path + ".tmp.png"
-  with tf.io.gfile.GFile(tmp, "wb") as f:
-    fig.savefig(f, format="png", dpi=100)
-  plt.close(fig)
-  tf.io.gfile.rename(tmp, path, overwrite=True)
+  plots.save_figure(fig, path)
 
 
 def write_results(rows: Sequence[dict], output_dir: str) -> str:
