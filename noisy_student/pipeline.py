@@ -395,11 +395,11 @@ def run_mode(cfg: config_lib.Config) -> Any:
   if cfg.mode == "pipeline":
     return run_pipeline(cfg, ctx)
   if cfg.mode == "train":
-    pseudo = cfg.train.pseudo_label_dir
-    if pseudo:  # Balanced as the filter phase planned, when it ran.
-      pseudo = tfrecords.read_pseudo_labels(pseudo, tfrecords.plan_in(pseudo))
+    # A pseudo-label directory is read with the balance plan the filter phase wrote
+    # into it, if any (noisy_student.train.inputs.unlabeled_records).
     return train_lib.train(ctx.model_cfg(), cfg.data, cfg.train, cfg.distribute,
-                           labeled_source=ctx.source("label"), pseudo_labels=pseudo,
+                           labeled_source=ctx.source("label"),
+                           pseudo_labels=cfg.train.pseudo_label_dir,
                            class_names=ctx.class_names, strategy=ctx.strategy)
   if cfg.mode == "predict":
     teacher = info_of(cfg.predict.predict_ckpt_path or ctx.root)

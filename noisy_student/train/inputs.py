@@ -116,12 +116,12 @@ def labeled_examples(labeled, data_cfg: DataConfig, spec: InputSpec,
 def unlabeled_records(pseudo_labels) -> tf.data.Dataset:
   """A pseudo-label directory/pattern (tfrecords reader) or a dataset, as a dataset.
 
-  A directory is read with the balance plan the filter phase wrote into it, if any.
+  A directory is read with the balance plan the filter phase wrote into it, if any (a
+  pattern has none).
   """
   if isinstance(pseudo_labels, str):
     import tfrecords  # pylint: disable=import-outside-toplevel
-    plan = None if any(c in pseudo_labels for c in "*?[") else tfrecords.plan_in(pseudo_labels)
-    return tfrecords.read_pseudo_labels(pseudo_labels, plan)
+    return tfrecords.read_pseudo_labels(pseudo_labels, tfrecords.plan_in(pseudo_labels))
   return pseudo_labels
 
 
