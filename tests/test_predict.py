@@ -129,6 +129,24 @@ def test_corrupt_image_is_skipped_counted_and_logged(model, tmp_path, caplog):
   assert manifests[1]["skipped_ids"][0].endswith("3.png")
 
 
+def test_labels_and_ids_of_a_labeled_tfrecord_source_pass_through(model, tmp_path):
+  path = str(tmp_path / "labeled.tfrecord")
+  rng = np.random.default_rng(2)
+  with tf.io.TFRecordWriter(path) as writer:
+    for label in range(7):
+      png = tf.io.encode_png(rng.integers(0, 255, [20, 20, 3], dtype=np.uint8)).numpy()
+      writer.write(tf.train.Example(features=tf.train.Features(feature={
+          "image/encoded": tf.train.Feature(bytes_list=tf.train.BytesList(value=[png])),
+          "image/class/label": tf.train.Feature(int64_list=tf.train.Int64List(
+              value=[label]))})).SerializeToString())
+  summary = _run(model, sources.open_source(f"tfrecord:{path}"), tmp_path / "out",
+                 num_shards=2, eval_batch_size=4)
+  assert summary.records_written == 7
+  got = _by_id(tmp_path / "out")
+  assert {i: int(r[fmt.LABEL_KEY]) for i, r in got.items()} == {
+      f"{path}:{k}".encode(): k for k in range(7)}
+
+
 def test_resume_rewrites_only_incomplete_shards(model, source, tmp_path):
   _run(model, source, tmp_path, num_shards=4, eval_batch_size=64)
   before = _by_id(tmp_path)

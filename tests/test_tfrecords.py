@@ -92,3 +92,65 @@ def test_directory_missing_a_shard_or_mixing_flags_is_refused(tmp_path):
     fmt.read_records(str(tmp_path))
   with pytest.raises(ValueError, match="no pseudo-label shards match"):
     fmt.read_records(str(tmp_path / "nothing-*"))
+
+
+def _example_bytes(encoded, record_id, label, probs, cls, conf):
+  """The record as the protobuf library serializes it (the oracle for the TF ops)."""
+  def feature(values, list_type, kind):
+    return tf.train.Feature(**{kind: list_type(value=values)})
+  features = {fmt.IMAGE_KEY: feature([encoded], tf.train.BytesList, "bytes_list"),
+              fmt.ID_KEY: feature([record_id], tf.train.BytesList, "bytes_list"),
+              fmt.LABEL_KEY: feature([label], tf.train.Int64List, "int64_list"),
+              fmt.PROBS_KEY: feature(probs, tf.train.FloatList, "float_list"),
+              fmt.CLASS_KEY: feature([cls], tf.train.Int64List, "int64_list"),
+              fmt.CONFIDENCE_KEY: feature([conf], tf.train.FloatList, "float_list")}
+  return tf.train.Example(features=tf.train.Features(feature=features)).SerializeToString(
+      deterministic=True)
+
+
+def test_serialize_batch_in_tf_ops_equals_the_protobuf_library():
+  rng = np.random.default_rng(0)
+  # Lengths around the varint boundaries (127/128, 16383/16384), an empty image, a
+  # non-ASCII id, negative and large labels, NaN and -0.0 probabilities.
+  encoded = [bytes(rng.integers(0, 256, n, dtype=np.uint8)) for n in (0, 1, 127, 128, 16384)]
+  ids = [b"a", b"", "d\u00e9j\u00e0/x.png".encode(), b"id" * 100, b"z"]
+  labels = np.int64([-1, 0, 5, 2**40, -7])
+  probs = rng.random((5, 7)).astype(np.float32)
+  probs[0, 0], probs[1, 1] = np.nan, -0.0
+  classes, conf = np.nanargmax(probs, 1), np.nanmax(probs, 1)
+  got = tf.function(fmt.serialize_batch)(  # Inside a graph, as the teacher's step runs it.
+      tf.constant(encoded), tf.constant(ids), tf.constant(labels), tf.constant(probs),
+      tf.constant(classes), tf.constant(conf)).numpy()
+  for i in range(5):
+    assert got[i] == _example_bytes(encoded[i], ids[i], labels[i], probs[i], classes[i],
+                                    conf[i])
+    parsed = fmt.parse_record(tf.constant(got[i]), 7)
+    assert parsed[fmt.IMAGE_KEY].numpy() == encoded[i]
+    assert parsed[fmt.LABEL_KEY].numpy() == labels[i]
+    np.testing.assert_array_equal(parsed[fmt.PROBS_KEY].numpy(), probs[i])
+  empty = fmt.serialize_batch(*(tf.zeros([0], t) for t in (tf.string, tf.string, tf.int64)),
+                              tf.zeros([0, 7]), tf.zeros([0], tf.int64), tf.zeros([0]))
+  assert empty.shape == [0]
+
+
+def test_manifest_counts_equal_a_per_record_count(tmp_path, monkeypatch):
+  monkeypatch.setattr(fmt.ShardWriter, "_COMPACT_EVERY", 50)  # Fold many times.
+  rng = np.random.default_rng(1)
+  path = str(tmp_path / "train-00000-of-00001")
+  w = fmt.ShardWriter(path, 4, FP, [0, 700], num_bins=10)
+  classes = rng.integers(0, 3, 700)  # Class 3 never occurs.
+  conf = rng.choice(np.float32([0.0, 0.05, 0.31, 0.5, 0.999, 1.0]), 700)
+  for start in range(0, 700, 64):
+    rows = slice(start, start + 64)
+    n = len(classes[rows])
+    w.write_serialized([b"r"] * n, classes[rows], conf[rows])
+  manifest = w.close()
+  expected = {}
+  for c, x in zip(classes.tolist(), fmt.confidence_bins(conf, 10).tolist()):
+    expected.setdefault(str(c), {}).setdefault(x, 0)
+    expected[str(c)][x] += 1
+  assert manifest["histogram"] == {c: sorted([b, n] for b, n in bins.items())
+                                   for c, bins in expected.items()}
+  assert manifest["class_counts"] == np.bincount(classes, minlength=4).tolist()
+  assert manifest["record_count"] == 700
+  assert len(list(tf.data.TFRecordDataset(path))) == 700

@@ -79,30 +79,56 @@ def confidence_bins_tf(confidence: tf.Tensor, num_bins: int) -> tf.Tensor:
   return tf.clip_by_value(bins, 0, num_bins - 1)
 
 
-def _bytes(values: Sequence[bytes]) -> tf.train.Feature:
-  return tf.train.Feature(bytes_list=tf.train.BytesList(value=values))
+# Wire-format message names of `tf.train.Example` and its parts, for `tf.io.encode_proto`
+# (their descriptors are linked into TensorFlow).
+_LIST_TYPES = {tf.string: ("bytes_list", "tensorflow.BytesList"),
+               tf.float32: ("float_list", "tensorflow.FloatList"),
+               tf.int64: ("int64_list", "tensorflow.Int64List")}
+_KINDS = ("bytes_list", "float_list", "int64_list")  # Feature's oneof, in field order.
 
 
-def _ints(values: Sequence[int]) -> tf.train.Feature:
-  return tf.train.Feature(int64_list=tf.train.Int64List(value=values))
+def _encode(message: str, fields: Dict[str, tf.Tensor]) -> tf.Tensor:
+  """[B] serialized `message`s; each field a [B, n] tensor (n values per record)."""
+  values = list(fields.values())
+  sizes = tf.stack([tf.fill([tf.shape(v)[0]], tf.shape(v)[1]) for v in values], axis=1)
+  return tf.io.encode_proto(sizes, values, list(fields), message)
 
 
-def _floats(values: Sequence[float]) -> tf.train.Feature:
-  return tf.train.Feature(float_list=tf.train.FloatList(value=values))
+def _feature_entry(key: str, values: tf.Tensor) -> tf.Tensor:
+  """[B] serialized `Features.FeatureEntry` (key, Feature holding [B, n] `values`)."""
+  kind, list_message = _LIST_TYPES[values.dtype]
+  value_list = _encode(list_message, {"value": values})
+  # Feature is a oneof: the two unset kinds are given zero values.
+  empty = tf.zeros([tf.shape(values)[0], 0], tf.string)
+  feature = _encode("tensorflow.Feature", {k: value_list[:, None] if k == kind else empty
+                                           for k in _KINDS})
+  key_t = tf.fill([tf.shape(values)[0], 1], key)
+  return _encode("tensorflow.Features.FeatureEntry", {"key": key_t, "value": feature[:, None]})
 
 
-def serialize_record(encoded: bytes, record_id: bytes, label: int, probabilities: np.ndarray,
-                     predicted_class: int, confidence: float) -> bytes:
-  """One serialized `tf.train.Example` with the keys of the table above."""
-  feature = {
-      IMAGE_KEY: _bytes([encoded]),
-      ID_KEY: _bytes([record_id]),
-      LABEL_KEY: _ints([int(label)]),
-      PROBS_KEY: _floats(probabilities),
-      CLASS_KEY: _ints([int(predicted_class)]),
-      CONFIDENCE_KEY: _floats([float(confidence)]),
+def serialize_batch(encoded: tf.Tensor, ids: tf.Tensor, labels: tf.Tensor,
+                    probabilities: tf.Tensor, classes: tf.Tensor,
+                    confidence: tf.Tensor) -> tf.Tensor:
+  """[B] serialized `tf.train.Example`s with the keys of the table above, in TF ops.
+
+  Inputs are [B] (probabilities [B, C]); usable inside a `tf.function`, so the
+  teacher's step emits finished records and the host only writes bytes. Entries are in
+  key order: the bytes equal `Example.SerializeToString(deterministic=True)`.
+  """
+  def column(t, dtype):
+    t = tf.cast(t, dtype)
+    return t if t.shape.rank == 2 else t[:, None]
+  features = {
+      IMAGE_KEY: column(encoded, tf.string),
+      ID_KEY: column(ids, tf.string),
+      LABEL_KEY: column(labels, tf.int64),
+      PROBS_KEY: column(probabilities, tf.float32),
+      CLASS_KEY: column(classes, tf.int64),
+      CONFIDENCE_KEY: column(confidence, tf.float32),
   }
-  return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+  entries = tf.stack([_feature_entry(k, features[k]) for k in sorted(features)], axis=1)
+  return _encode("tensorflow.Example",
+                 {"features": _encode("tensorflow.Features", {"feature": entries})[:, None]})
 
 
 def write_json_atomic(path: str, payload: Mapping[str, Any]) -> None:
@@ -124,6 +150,8 @@ class ShardWriter:
   (+ its digest). A shard without a valid manifest is incomplete and gets rewritten.
   """
 
+  _COMPACT_EVERY = 1 << 16  # Pending histogram keys before a fold; bounds their memory.
+
   def __init__(self, path: str, num_classes: int, fingerprint: Mapping[str, Any],
                source_range: Sequence[int], num_bins: int = DEFAULT_NUM_BINS):
     self.path = path
@@ -133,7 +161,12 @@ class ShardWriter:
     self._fingerprint = dict(fingerprint)
     self._source_range = [int(v) for v in source_range]
     self._class_counts = np.zeros([num_classes], np.int64)
-    self._hist: Dict[int, Dict[int, int]] = {}
+    # The histogram as sorted unique keys class * num_bins + bin with their counts;
+    # batches' keys wait in `_pending` and are folded in now and then (vectorised).
+    self._hist_keys = np.zeros([0], np.int64)
+    self._hist_counts = np.zeros([0], np.int64)
+    self._pending: List[np.ndarray] = []
+    self._pending_count = 0
     self._skipped: List[str] = []
     self._count = 0
     tf.io.gfile.makedirs(os.path.dirname(path) or ".")
@@ -143,15 +176,46 @@ class ShardWriter:
                   probabilities: np.ndarray, classes: np.ndarray,
                   confidence: np.ndarray) -> None:
     """Appends a batch of records (numpy arrays / lists of equal length)."""
-    for i in range(len(ids)):
-      self._writer.write(serialize_record(encoded[i], ids[i], labels[i], probabilities[i],
-                                          classes[i], confidence[i]))
+    if not len(ids):
+      return
+    records = serialize_batch(tf.constant(list(encoded), tf.string),
+                              tf.constant(list(ids), tf.string), tf.constant(labels),
+                              tf.constant(probabilities), tf.constant(classes),
+                              tf.constant(confidence))
+    self.write_serialized(records.numpy(), classes, confidence)
+
+  def write_serialized(self, records: Sequence[bytes], classes: np.ndarray,
+                       confidence: np.ndarray) -> None:
+    """Appends records from `serialize_batch` with their classes and confidences."""
+    for record in records:
+      self._writer.write(record)
     classes = np.asarray(classes, np.int64)
-    np.add.at(self._class_counts, classes, 1)
-    for c, b in zip(classes.tolist(), confidence_bins(confidence, self._num_bins).tolist()):
-      per_class = self._hist.setdefault(c, {})
-      per_class[b] = per_class.get(b, 0) + 1
-    self._count += len(ids)
+    self._class_counts += np.bincount(classes, minlength=self._num_classes)
+    self._pending.append(classes * self._num_bins +
+                         confidence_bins(confidence, self._num_bins))
+    self._pending_count += len(classes)
+    if self._pending_count >= self._COMPACT_EVERY:
+      self._compact()
+    self._count += len(classes)
+
+  def _compact(self) -> None:
+    """Folds the pending (class, bin) keys into the sorted unique keys and counts."""
+    if not self._pending:
+      return
+    keys = np.concatenate([self._hist_keys] + self._pending)
+    counts = np.concatenate([self._hist_counts] + [np.ones(len(p), np.int64)
+                                                   for p in self._pending])
+    self._hist_keys, inverse = np.unique(keys, return_inverse=True)
+    self._hist_counts = np.bincount(inverse, weights=counts).astype(np.int64)
+    self._pending, self._pending_count = [], 0
+
+  def _histogram(self) -> Dict[str, List[List[int]]]:
+    """The manifest's sparse histogram: {class: [[bin, count], ...]}, sorted."""
+    self._compact()
+    hist: Dict[str, List[List[int]]] = {}
+    for key, n in zip(self._hist_keys.tolist(), self._hist_counts.tolist()):
+      hist.setdefault(str(key // self._num_bins), []).append([key % self._num_bins, n])
+    return hist
 
   def skip(self, record_id: str) -> None:
     """Counts a record that could not be used (corrupt image)."""
@@ -168,8 +232,7 @@ class ShardWriter:
         "num_classes": self._num_classes,
         "class_counts": self._class_counts.tolist(),
         "num_bins": self._num_bins,
-        "histogram": {str(c): sorted([b, n] for b, n in bins.items())
-                      for c, bins in sorted(self._hist.items())},
+        "histogram": self._histogram(),
         "skipped_count": len(self._skipped),
         "skipped_ids": self._skipped[:1000],  # Bounded: counts stay exact, ids are a sample.
         "source_range": self._source_range,
