@@ -16,6 +16,7 @@ from typing import List
 
 from absl import flags as absl_flags
 
+from flags import ablation as ablation_flags
 from flags import data as data_flags
 from flags import distribute as distribute_flags
 from flags import export as export_flags
@@ -23,6 +24,7 @@ from flags import filter as filter_flags
 from flags import model as model_flags
 from flags import pipeline as pipeline_flags
 from flags import predict as predict_flags
+from flags import robustness as robustness_flags
 from flags import train as train_flags
 from flags import validate as validate_module
 from flags.validate import ConfigError, normalize_model_name, validate
@@ -31,7 +33,8 @@ from noisy_student import config as config_lib
 PRESETS_DIR = os.path.join(os.path.dirname(__file__), "presets")
 
 _GROUPS = (model_flags, data_flags, train_flags, predict_flags, filter_flags,
-           distribute_flags, export_flags, pipeline_flags)
+           distribute_flags, export_flags, pipeline_flags, ablation_flags,
+           robustness_flags)
 
 __all__ = ["ConfigError", "PRESETS_DIR", "define_all", "to_config", "validate",
            "normalize_model_name"]
@@ -73,6 +76,8 @@ def to_config(flag_values: absl_flags.FlagValues = absl_flags.FLAGS) -> config_l
   try:
     model = model_flags.to_config(fv)
     pipeline = pipeline_flags.to_config(fv)
+    ablation = ablation_flags.to_config(fv)
+    robustness = robustness_flags.to_config(fv)
   except ValueError as e:
     raise ConfigError(str(e)) from None
   model = dataclasses.replace(model, model_name=normalize_model_name(model.model_name))
@@ -85,5 +90,6 @@ def to_config(flag_values: absl_flags.FlagValues = absl_flags.FLAGS) -> config_l
       mode=fv.mode, model=model, data=data_flags.to_config(fv), train=train,
       distribute=distribute_flags.to_config(fv), predict=predict_flags.to_config(fv),
       filter=filter_flags.to_config(fv), export=export_flags.to_config(fv),
-      student_model_names=students, pipeline=pipeline)
+      student_model_names=students, pipeline=pipeline, ablation=ablation,
+      robustness=robustness)
 

@@ -5,7 +5,7 @@ from absl import flags
 
 from noisy_student import config as config_lib
 
-MODES = ("train", "predict", "filter", "eval", "export", "pipeline")
+MODES = ("train", "predict", "filter", "eval", "export", "pipeline", "ablate")
 
 
 def define(fv: flags.FlagValues) -> None:
@@ -15,7 +15,8 @@ def define(fv: flags.FlagValues) -> None:
       "mode", "pipeline", MODES,
       "train: a teacher (or a student with --unlabel_ratio > 0); predict: pseudo-label "
       "--unlabel_data_dir; filter: filter and balance them; eval: top-1/top-5 on "
-      "--eval_data_dir; export: a SavedModel for serving; pipeline: all of it, resumable.",
+      "--eval_data_dir; export: a SavedModel for serving; pipeline: all of it, resumable; "
+      "ablate: the paper's ablations over seeds (see --ablations).",
       flag_values=fv)
   flags.DEFINE_list(
       "student_model_names", ["efficientnet-b0"],

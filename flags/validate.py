@@ -14,6 +14,7 @@ from noisy_student import config as config_lib
 # before the head, which 'same' padding hides but which cannot learn anything useful.
 MIN_IMAGE_SIZE = 32
 _BUILTIN_PREFIXES = ("digits:", "tfds:")
+_LOOPS = ("pipeline", "ablate")  # Modes that run the whole teacher -> student loop.
 
 
 class ConfigError(ValueError):
@@ -129,18 +130,18 @@ def _check_conflicts(cfg: config_lib.Config) -> List[str]:
       t.pseudo_label_dir or t.teacher_model_path):
     errors.append(f"--unlabel_ratio={t.unlabel_ratio} trains a student: give "
                   "--pseudo_label_dir (from --mode=filter) or --teacher_model_path")
-  if (cfg.mode == "pipeline" and not cfg.pipeline.student_unlabel_ratios and
+  if (cfg.mode in _LOOPS and not cfg.pipeline.student_unlabel_ratios and
       t.unlabel_ratio <= 0):
-    errors.append(f"--unlabel_ratio={t.unlabel_ratio}: the students of --mode=pipeline "
+    errors.append(f"--unlabel_ratio={t.unlabel_ratio}: the students of --mode={cfg.mode} "
                   "need a ratio > 0 (or --student_unlabel_ratios)")
   if cfg.mode == "pipeline" and not cfg.student_model_names:
     errors.append("--mode=pipeline needs --student_model_names (one model per iteration)")
-  if cfg.mode == "pipeline" and _strategy_name(cfg) == "multi_worker":
-    errors.append("--mode=pipeline runs on one machine (its predict and filter phases "
+  if cfg.mode in _LOOPS and _strategy_name(cfg) == "multi_worker":
+    errors.append(f"--mode={cfg.mode} runs on one machine (its predict and filter phases "
                   "are not split across workers); on a cluster run --mode=train / predict "
                   "/ filter as separate jobs (docs/usage.md)")
-  if cfg.mode == "pipeline" and (t.pseudo_label_dir or t.teacher_model_path):
-    errors.append("--mode=pipeline makes its own pseudo-labels; drop --pseudo_label_dir / "
+  if cfg.mode in _LOOPS and (t.pseudo_label_dir or t.teacher_model_path):
+    errors.append(f"--mode={cfg.mode} makes its own pseudo-labels; drop --pseudo_label_dir / "
                   "--teacher_model_path (they are for --mode=train)")
   return errors
 
@@ -167,7 +168,7 @@ def _check_paths(cfg: config_lib.Config) -> List[str]:
     paths += [("model_dir", t.model_dir)]
     if mode == "eval":
       paths.append(("eval_data_dir", d.eval_data_dir))
-  elif mode == "pipeline":
+  elif mode in _LOOPS:
     paths += [("label_data_dir", d.label_data_dir), ("unlabel_data_dir", d.unlabel_data_dir),
               ("eval_data_dir", d.eval_data_dir)]
   return [f"--{flag}={path}: no such file or directory"
@@ -175,10 +176,60 @@ def _check_paths(cfg: config_lib.Config) -> List[str]:
           if path and not path.startswith(_BUILTIN_PREFIXES) and not _exists(path)]
 
 
+def _check_ablation(cfg: config_lib.Config) -> List[str]:
+  if cfg.mode != "ablate":
+    return []
+  from noisy_student import ablations  # pylint: disable=g-import-not-at-top
+  a, errors = cfg.ablation, []
+  unknown = [n for n in a.ablations if n not in ablations.VARIANTS]
+  if unknown:
+    errors.append(f"--ablations: unknown {','.join(unknown)}; known: "
+                  f"{', '.join(ablations.VARIANTS)}")
+  if not a.seeds or len(set(a.seeds)) != len(a.seeds):
+    errors.append(f"--ablation_seeds={','.join(map(str, a.seeds))}: give distinct seeds")
+  if a.iterations < 1:
+    errors.append(f"--ablation_iterations={a.iterations}: must be >= 1")
+  if "larger_student" in a.ablations and a.larger_scale <= 1.0:
+    errors.append(f"--ablation_larger_scale={a.larger_scale}: must be > 1 (a larger student)")
+  return errors
+
+
+def _check_robustness(cfg: config_lib.Config) -> List[str]:
+  r = cfg.robustness
+  if not r.enabled:
+    return []
+  # pylint: disable=g-import-not-at-top
+  from noisy_student.robustness import corruptions
+  from noisy_student.robustness import perturbations
+  # pylint: enable=g-import-not-at-top
+  errors = []
+  for flag, resolve, names in (("corruptions", corruptions.resolve, r.corruptions),
+                               ("perturbations", perturbations.resolve, r.perturbations)):
+    try:
+      resolve(names)
+    except ValueError as e:
+      errors.append(f"--{flag}: {e}")
+  checks = [
+      (r.severities and all(1 <= s <= 5 for s in r.severities),
+       f"--severities={','.join(map(str, r.severities))}: each must be in 1..5"),
+      (r.perturbation_frames >= 2,
+       f"--perturbation_frames={r.perturbation_frames}: must be >= 2"),
+      (all(0 <= e <= 255 for e in r.fgsm_epsilons),
+       f"--fgsm_epsilons={','.join(f'{e:g}' for e in r.fgsm_epsilons)}: each must be in "
+       "0..255 (pixel units)"),
+      (r.max_images is None or r.max_images > 0,
+       f"--robustness_max_images={r.max_images}: must be > 0 (unset: all images)"),
+      (not r.baseline or _exists(r.baseline),
+       f"--robustness_baseline={r.baseline}: no such file or directory"),
+  ]
+  return errors + [msg for ok, msg in checks if not ok]
+
+
 def validate(cfg: config_lib.Config) -> List[str]:
   """Returns one line per problem in `cfg` (empty when it can run)."""
   return (_check_models(cfg) + _check_sizes(cfg) + _check_numbers(cfg) +
-          _check_conflicts(cfg) + _check_paths(cfg))
+          _check_conflicts(cfg) + _check_paths(cfg) + _check_ablation(cfg) +
+          _check_robustness(cfg))
 
 
 def validate_or_raise(cfg: config_lib.Config) -> None:

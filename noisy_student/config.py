@@ -141,6 +141,32 @@ class PipelineConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class AblationConfig:
+  """`--mode=ablate`: the paper's ablations at small scale (noisy_student/ablations.py)."""
+  ablations: Tuple[str, ...] = ("no_noise", "no_randaugment", "no_dropout",
+                                "no_stochastic_depth", "hard_labels", "balance",
+                                "larger_student")
+  seeds: Tuple[int, ...] = (0, 1, 2)
+  iterations: int = 3  # Noisy Student iterations of the main arm (student -> teacher).
+  larger_scale: float = 1.5  # larger_student: width and depth x this vs the teacher.
+
+
+@dataclasses.dataclass(frozen=True)
+class RobustnessConfig:
+  """ImageNet-C / ImageNet-P style corruption and perturbation tests and FGSM, run at
+  every evaluation (noisy_student/robustness/, docs/robustness.md)."""
+  enabled: bool = True
+  corruptions: Tuple[str, ...] = ()  # () = every implemented ImageNet-C benchmark one.
+  severities: Tuple[int, ...] = (1, 2, 3, 4, 5)
+  perturbations: Tuple[str, ...] = ()  # () = all.
+  perturbation_frames: int = 10  # Frames per ImageNet-P style sequence.
+  fgsm_epsilons: Tuple[float, ...] = (0.0, 1.0, 2.0, 4.0, 8.0, 16.0)  # 0..255 pixels.
+  baseline: Optional[str] = None  # Model (dir or .keras) or report JSON for mCE / mFR.
+  max_images: Optional[int] = None  # Use only the first N eval images (speed).
+  seed: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
   mode: str = "pipeline"
   model: ModelConfig = ModelConfig()
@@ -152,6 +178,8 @@ class Config:
   export: ExportConfig = ExportConfig()
   student_model_names: Tuple[str, ...] = ()  # One per iteration, e.g. (b0, b0, b1).
   pipeline: PipelineConfig = PipelineConfig()
+  ablation: AblationConfig = AblationConfig()
+  robustness: RobustnessConfig = RobustnessConfig()
 
   def to_json(self) -> str:
     return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from typing import List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 from absl import logging
 import keras
@@ -41,24 +41,79 @@ class EvalResult:
             f"on {self.num_images} images")
 
 
+def if_not_empty(images: tf.Tensor, fn, empty):
+  """fn() when the batch `images` holds an image, else empty().
+
+  A replica gets an empty batch when a distributed batch is smaller than the replica
+  count (a last partial batch). The model must not see it: oneDNN's Conv2D (TF 2.21 on
+  CPU) returns an empty batch with the input's channels, and the next layer then fails.
+  """
+  return tf.cond(tf.shape(images)[0] > 0, fn, empty)
+
+
+def logits_of(model: keras.Model, images: tf.Tensor) -> tf.Tensor:
+  """float32 model(images, training=False), safe on an empty batch (`if_not_empty`)."""
+  classes = int(model.output_shape[-1])
+  return if_not_empty(images, lambda: tf.cast(model(images, training=False), tf.float32),
+                      lambda: tf.zeros([0, classes], tf.float32))
+
+
 def _make_step(model: keras.Model, num_classes: int, k: int):
-  """One replica's batch -> (top-k hits, confusion matrix); unlabeled (-1) are ignored."""
+  """One replica's batch -> {images, top-k hits, confusion matrix}; unlabeled (-1) ignored."""
   def step(images, labels):
-    logits = tf.cast(model(images, training=False), tf.float32)
+    logits = logits_of(model, images)
     labels = tf.cast(tf.reshape(labels, [-1]), tf.int32)
     keep = labels >= 0
     logits, labels = tf.boolean_mask(logits, keep), tf.boolean_mask(labels, keep)
     hits = tf.reduce_sum(tf.cast(tf.math.in_top_k(labels, logits, k), tf.int64))
     predicted = tf.argmax(logits, axis=-1, output_type=tf.int32)
     confusion = tf.math.confusion_matrix(labels, predicted, num_classes, dtype=tf.int64)
-    return hits, confusion
+    return {"images": tf.size(labels, out_type=tf.int64), "hits": hits,
+            "confusion": confusion}
   return step
 
 
-def _as_pair(batch):
+def as_pair(batch):
+  """A `{"image", "label"}` batch or an `(images, labels)` pair -> the pair."""
   if isinstance(batch, dict):
     return batch["image"], batch["label"]
   return batch
+
+
+def summed_step(step: Callable[[tf.Tensor, tf.Tensor], Dict[str, tf.Tensor]],
+                strategy: tf.distribute.Strategy):
+  """Compiles `step(images, labels) -> {name: tensor}` to run on every replica of
+  `strategy` and return each output summed over the replicas.
+
+  Compile once and feed it any number of datasets with the same element shapes (as the
+  robustness report does, one per corruption): each new compiled function costs a trace
+  of the model.
+  """
+  @tf.function(reduce_retracing=True)  # The last batch is usually partial.
+  def run(batch):
+    outputs = strategy.run(step, args=as_pair(batch))
+    return {name: strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None)
+            for name, value in outputs.items()}
+  return run
+
+
+def sum_over_dataset(run, dataset: tf.data.Dataset, strategy: tf.distribute.Strategy, *,
+                     what: str = "eval", log_every_n_batches: int = 50
+                     ) -> Dict[str, np.ndarray]:
+  """Feeds every batch of `dataset` to `run` (from `summed_step`) and adds up its outputs.
+
+  The step's "images" output counts the images it used; progress lines report them per
+  second. Returns {} for an empty dataset.
+  """
+  totals: Dict[str, np.ndarray] = {}
+  start = time.time()
+  for i, batch in enumerate(strategy.experimental_distribute_dataset(dataset)):
+    for name, value in run(batch).items():
+      totals[name] = totals.get(name, 0) + value.numpy()
+    if log_every_n_batches and (i + 1) % log_every_n_batches == 0:
+      seen = int(totals.get("images", 0))
+      logging.info("%s: %d images, %.1f images/s", what, seen, seen / (time.time() - start))
+  return totals
 
 
 def evaluate(model: keras.Model, dataset: tf.data.Dataset, *,
@@ -85,37 +140,22 @@ def evaluate(model: keras.Model, dataset: tf.data.Dataset, *,
   if len(names) != num_classes:
     raise ValueError(f"evaluate: {len(names)} class names for {num_classes} model outputs")
   k = min(5, num_classes)
-  step = _make_step(model, num_classes, k)
-
-  @tf.function(reduce_retracing=True)  # The last batch is usually partial.
-  def distributed_step(batch):
-    images, labels = _as_pair(batch)
-    hits, confusion = strategy.run(step, args=(images, labels))
-    return (strategy.reduce(tf.distribute.ReduceOp.SUM, hits, axis=None),
-            strategy.reduce(tf.distribute.ReduceOp.SUM, confusion, axis=None))
-
-  hits = 0
-  confusion = np.zeros([num_classes, num_classes], np.int64)
-  start = time.time()
-  for i, batch in enumerate(strategy.experimental_distribute_dataset(dataset)):
-    batch_hits, batch_confusion = distributed_step(batch)
-    hits += int(batch_hits)
-    confusion += batch_confusion.numpy()
-    if log_every_n_batches and (i + 1) % log_every_n_batches == 0:
-      seen = int(confusion.sum())
-      logging.info("eval: %d images, %.1f images/s", seen, seen / (time.time() - start))
-  total = int(confusion.sum())
+  run = summed_step(_make_step(model, num_classes, k), strategy)
+  sums = sum_over_dataset(run, dataset, strategy, log_every_n_batches=log_every_n_batches)
+  total = int(sums.get("images", 0))
   if total == 0:
     raise ValueError("evaluate: the eval data holds no labeled image")
+  confusion = sums["confusion"]
   per_class = confusion.sum(axis=1)
   accuracy = [float(confusion[c, c] / n) if n else None
               for c, n in enumerate(per_class)]
-  return EvalResult(top1=float(np.trace(confusion) / total), top5=hits / total,
+  return EvalResult(top1=float(np.trace(confusion) / total), top5=int(sums["hits"]) / total,
                     num_images=total, per_class_accuracy=accuracy,
                     confusion=confusion.tolist(), class_names=names, top_k=k)
 
 
-def _write_text(path: str, text: str) -> None:
+def write_text(path: str, text: str) -> None:
+  """Writes `text` to `path` (any tf.io.gfile path) via a temporary name."""
   tmp = path + ".tmp"
   with tf.io.gfile.GFile(tmp, "w") as f:
     f.write(text)
@@ -162,7 +202,7 @@ def write_report(result: EvalResult, output_dir: str, *, name: str = "eval",
   """Writes `<name>.json`, `<name>_confusion.png` and TensorBoard scalars; returns the JSON."""
   tf.io.gfile.makedirs(output_dir)
   json_path = f"{output_dir.rstrip('/')}/{name}.json"
-  _write_text(json_path, result.to_json())
+  write_text(json_path, result.to_json())
   plot_confusion(result, f"{output_dir.rstrip('/')}/{name}_confusion.png",
                  title=f"{name}: {result.summary()}")
   write_scalars(f"{output_dir.rstrip('/')}/{name}",
@@ -171,34 +211,78 @@ def write_report(result: EvalResult, output_dir: str, *, name: str = "eval",
   return json_path
 
 
+# Robustness columns (noisy_student/robustness): (header, row key, scale, unit).
+_ROBUSTNESS_COLUMNS = (("corr.err", "corruption_error", 100, "%"), ("mCE", "mce", 1, ""),
+                       ("mFR", "mfr", 1, ""), ("FGSM", "fgsm_accuracy", 100, "%"))
+
+
+def _robustness_cells(row: dict) -> str:
+  cells = []
+  for _, key, scale, unit in _ROBUSTNESS_COLUMNS:
+    value = row.get(key)
+    cells.append(f"{'-':>9}" if value is None else f"{scale * value:>8.1f}{unit or ' '}")
+  return "".join(cells)
+
+
 def format_table(rows: Sequence[dict]) -> str:
-  """The results table: one line per model (teacher first), top-1 and top-k in %."""
+  """The results table: one line per model (teacher first), top-1 and top-k in %; with
+  robustness reports also the mean corruption error, mCE, mFR and FGSM accuracy at the
+  largest eps (mCE and mFR relative to the teacher or --robustness_baseline: 100 = as
+  robust as it, lower is better)."""
   k = rows[0]["top_k"] if rows else 5
-  lines = [f"{'model':<14}{'network':<20}{'size':>5}{'top-1':>9}{f'top-{k}':>9}"
-           f"{'images':>8}"]
+  robust = any("mce" in r for r in rows)
+  header = f"{'model':<14}{'network':<20}{'size':>5}{'top-1':>9}{f'top-{k}':>9}{'images':>8}"
+  if robust:
+    eps = next((r["fgsm_epsilon"] for r in rows if r.get("fgsm_epsilon") is not None), None)
+    header += "".join(f"{h if h != 'FGSM' or eps is None else f'FGSM@{eps:g}':>9}"
+                      for h, *_ in _ROBUSTNESS_COLUMNS)
+  lines = [header]
   for r in rows:
     lines.append(f"{r['name']:<14}{r['model']:<20}{r['image_size']:>5}"
-                 f"{100 * r['top1']:>8.2f}%{100 * r['top5']:>8.2f}%{r['num_images']:>8}")
+                 f"{100 * r['top1']:>8.2f}%{100 * r['top5']:>8.2f}%{r['num_images']:>8}"
+                 + (_robustness_cells(r) if robust else ""))
   return "\n".join(lines)
 
 
+def _plot_robustness(ax, rows: Sequence[dict]) -> None:
+  """mCE and mFR per iteration (100 = the baseline), on the given axes."""
+  x = list(range(len(rows)))
+  for key, style, label in (("mce", "o-", "mCE"), ("mfr", "s--", "mFR")):
+    points = [(xi, r[key]) for xi, r in zip(x, rows) if r.get(key) is not None]
+    if points:
+      ax.plot(*zip(*points), style, label=label)
+  ax.axhline(100, color="grey", lw=0.8)
+  ax.set_ylabel("relative to the baseline (lower is more robust)")
+  ax.set_title("robustness per iteration")
+  ax.grid(alpha=0.3)
+  ax.legend()
+
+
 def plot_results(rows: Sequence[dict], path: str) -> None:
-  """PNG of top-1 and top-k per iteration (teacher = iteration 0)."""
+  """PNG of top-1 and top-k per iteration (teacher = iteration 0), with a second panel
+  of mCE and mFR when the rows have them."""
   plt = plots.pyplot()
   x = list(range(len(rows)))
-  fig, ax = plt.subplots(figsize=(max(5, 1.2 * len(rows) + 2), 4))
+  robust = any(r.get("mce") is not None or r.get("mfr") is not None for r in rows)
+  width = max(5, 1.2 * len(rows) + 2)
+  fig, axes = plt.subplots(1, 2 if robust else 1, figsize=(width * (2 if robust else 1), 4),
+                           squeeze=False)
+  ax = axes[0][0]
   k = rows[0]["top_k"]
   ax.plot(x, [100 * r["top1"] for r in rows], "o-", label="top-1")
   ax.plot(x, [100 * r["top5"] for r in rows], "s--", label=f"top-{k}")
   for xi, r in zip(x, rows):
     ax.annotate(f"{100 * r['top1']:.1f}", (xi, 100 * r["top1"]),
                 textcoords="offset points", xytext=(0, -14), ha="center", fontsize=8)
-  ax.set_xticks(x, [f"{r['name']}\n{r['model'].replace('efficientnet-', '')}"
-                    for r in rows], fontsize=8)
+  labels = [f"{r['name']}\n{r['model'].replace('efficientnet-', '')}" for r in rows]
+  ax.set_xticks(x, labels, fontsize=8)
   ax.set_ylabel("accuracy on the eval data (%)")
   ax.set_title("Noisy Student: accuracy per iteration")
   ax.grid(alpha=0.3)
   ax.legend()
+  if robust:
+    _plot_robustness(axes[0][1], rows)
+    axes[0][1].set_xticks(x, labels, fontsize=8)
   fig.tight_layout()
   plots.save_figure(fig, path)
 
@@ -208,7 +292,7 @@ def write_results(rows: Sequence[dict], output_dir: str) -> str:
   table = format_table(rows)
   print(table, flush=True)
   path = f"{output_dir.rstrip('/')}/results.json"
-  _write_text(path, json.dumps({"models": list(rows), "table": table.splitlines()},
+  write_text(path, json.dumps({"models": list(rows), "table": table.splitlines()},
                                indent=1))
   plot_results(rows, f"{output_dir.rstrip('/')}/results.png")
   logging.info("Results: %s and results.png", path)

@@ -41,7 +41,8 @@ def main(argv: Sequence[str]) -> None:
     _fail(errors)
   # eval / export / predict / filter read a model_dir that training wrote: they keep its
   # config.json and add their own beside it.
-  name = "config.json" if config.mode in ("train", "pipeline") else f"config-{config.mode}.json"
+  name = ("config.json" if config.mode in ("train", "pipeline", "ablate")
+          else f"config-{config.mode}.json")
   logging.info("Configuration written to %s", config.write(config.train.model_dir, name))
   # Imported after validation so a bad flag fails in a second, not after loading Keras.
   from noisy_student import pipeline  # pylint: disable=g-import-not-at-top

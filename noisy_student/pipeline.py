@@ -21,10 +21,8 @@ Layout of `<model_dir>`:
 from __future__ import annotations
 
 import dataclasses
-import json
 import re
-import time
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
 from absl import logging
 import tensorflow as tf
@@ -35,7 +33,9 @@ from noisy_student import config as config_lib
 from noisy_student import evaluate as evaluate_lib
 from noisy_student import export as export_lib
 from noisy_student import finetune as finetune_lib
+from noisy_student import phases
 from noisy_student import predict as predict_lib
+from noisy_student import robustness
 from noisy_student import train as train_lib
 from noisy_student.data import pipeline as data_pipeline
 from noisy_student.data import preprocess
@@ -44,92 +44,11 @@ from noisy_student.train import checkpoints
 from noisy_student.train import distribute
 import tfrecords
 
-Fingerprint = Dict[str, Any]
-
-
-class PhaseMismatchError(ValueError):
-  """A finished phase in model_dir was produced with other flags than this run's."""
-
-
-def _plain(value: Any) -> Any:
-  """JSON round trip: tuples -> lists, dataclasses -> dicts, as stored in a marker."""
-  def default(obj):
-    if dataclasses.is_dataclass(obj):
-      return dataclasses.asdict(obj)
-    raise TypeError(f"{type(obj).__name__} cannot go into a phase marker")
-  return json.loads(json.dumps(value, sort_keys=True, default=default))
-
-
-def _differences(old: Any, new: Any, prefix: str = "") -> List[str]:
-  if isinstance(old, dict) and isinstance(new, dict):
-    out = []
-    for key in sorted(set(old) | set(new)):
-      out += _differences(old.get(key), new.get(key), f"{prefix}{key}.")
-    return out
-  return [] if old == new else [f"{prefix.rstrip('.')}: {old!r} -> {new!r}"]
-
-
-class Markers:
-  """Completion markers of one pipeline: `<root>/phases/<name>.json`."""
-
-  def __init__(self, root: str):
-    self.directory = f"{root.rstrip('/')}/phases"
-
-  def path(self, name: str) -> str:
-    return f"{self.directory}/{name}.json"
-
-  def get(self, name: str) -> Optional[Dict[str, Any]]:
-    if not tf.io.gfile.exists(self.path(name)):
-      return None
-    with tf.io.gfile.GFile(self.path(name)) as f:
-      return json.load(f)
-
-  def put(self, name: str, fingerprint: Fingerprint, result: Dict[str, Any],
-          seconds: float) -> None:
-    tf.io.gfile.makedirs(self.directory)
-    payload = {"phase": name, "fingerprint": _plain(fingerprint), "result": _plain(result),
-               "seconds": round(seconds, 1), "finished": time.strftime(
-                   "%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    tmp = self.path(name) + ".tmp"
-    with tf.io.gfile.GFile(tmp, "w") as f:
-      f.write(json.dumps(payload, indent=1, sort_keys=True))
-    tf.io.gfile.rename(tmp, self.path(name), overwrite=True)
-
-  def done(self) -> List[str]:
-    if not tf.io.gfile.isdir(self.directory):
-      return []
-    return sorted(n[:-5] for n in tf.io.gfile.listdir(self.directory) if n.endswith(".json"))
-
-
-def run_phase(markers: Markers, name: str, fingerprint: Fingerprint,
-              fn: Callable[[], Dict[str, Any]], redo_if_changed: bool = False
-              ) -> Dict[str, Any]:
-  """Runs `fn` unless `name` finished earlier with the same fingerprint; returns its result.
-
-  A finished phase with another fingerprint is refused, or redone when `redo_if_changed`
-  (the phases after the last student, whose input changes when iterations are added).
-  """
-  marker = markers.get(name)
-  if marker is not None:
-    changed = _differences(marker["fingerprint"], _plain(fingerprint))
-    if changed and redo_if_changed:
-      logging.info("Phase %s: its input changed (%s); redoing it.", name, changed[0])
-      marker = None
-  if marker is not None:
-    if changed:
-      raise PhaseMismatchError(
-          f"phase {name} in {markers.directory} was run with other flags ("
-          f"{'; '.join(changed[:5])}); use a new --model_dir, or delete "
-          f"{markers.path(name)} and the phases after it to redo them")
-    logging.info("Phase %s: finished earlier (%s), skipped.", name, marker["finished"])
-    return marker["result"]
-  logging.info("Phase %s: starting.", name)
-  start = time.time()
-  result = fn()
-  markers.put(name, fingerprint, result, time.time() - start)
-  logging.info("Phase %s: done in %.0f s.", name, time.time() - start)
-  return result
-
+# The phase bookkeeping lives in noisy_student/phases.py; re-exported for callers.
+Fingerprint = phases.Fingerprint
+Markers = phases.Markers
+PhaseMismatchError = phases.PhaseMismatchError
+run_phase = phases.run_phase
 
 ModelInfo = Dict[str, Any]  # {"path", "model_name", "image_size", "small_image"}
 
@@ -186,6 +105,20 @@ class Context:
   def path(self, *parts: str) -> str:
     return "/".join([self.root, *parts])
 
+  def derive(self, cfg: config_lib.Config) -> "Context":
+    """A Context for `cfg` (another root or recipe) sharing this one's strategy, and its
+    opened sources when `cfg` reads the same data (the digits split depends on the seed)."""
+    other = Context(cfg)
+    other._strategy = self._strategy  # pylint: disable=protected-access
+    if _source_fields(cfg.data) == _source_fields(self.cfg.data):
+      other._sources = self._sources  # pylint: disable=protected-access
+    return other
+
+
+def _source_fields(data: config_lib.DataConfig) -> tuple:
+  return (data.label_data_dir, data.unlabel_data_dir, data.eval_data_dir, data.tfds_data_dir,
+          data.label_offset, data.seed, data.digits_num_labeled, data.digits_num_test)
+
 
 def _info(path: str, model_cfg: config_lib.ModelConfig) -> ModelInfo:
   size = model_cfg.input_image_size or efficientnet.native_resolution(model_cfg.model_name)
@@ -227,28 +160,89 @@ def train_teacher(ctx: Context) -> ModelInfo:
 
 
 def train_student(ctx: Context, i: int, model_name: str, ratio: float,
-                  balanced: Dict[str, Any]) -> ModelInfo:
-  """Noised student on labeled + balanced pseudo-labeled data, from scratch."""
+                  balanced: Dict[str, Any], directory: Optional[str] = None) -> ModelInfo:
+  """Noised student on labeled + balanced pseudo-labeled data, from scratch, in
+  `<root>/<directory>` (default `student_<i>`)."""
   pseudo = tfrecords.read_pseudo_labels(balanced["output_dir"], balanced["plan_path"])
   return _train(ctx, ctx.model_cfg(model_name),
-                _train_cfg(ctx, f"student_{i}", unlabel_ratio=ratio), pseudo)
+                _train_cfg(ctx, directory or f"student_{i}", unlabel_ratio=ratio), pseudo)
 
 
 def evaluate_model(ctx: Context, info: ModelInfo, name: str) -> Dict[str, Any]:
-  """Top-1 / top-5 of a model on --eval_data_dir; report files under <root>/eval."""
+  """Top-1 / top-5 of a model on --eval_data_dir, and its robustness report when
+  --robustness (mCE, mFR, FGSM in the result); report files under <root>/eval."""
   source = ctx.source("eval")
   if source.class_names and source.class_names != ctx.class_names:
     raise ValueError(f"--eval_data_dir={source.spec} has classes {source.class_names[:5]}"
                      f"..., the labeled data {ctx.class_names[:5]}...; they must match")
-  ds = data_pipeline.eval_dataset(source, image_size=info["image_size"],
-                                  batch_size=ctx.cfg.predict.eval_batch_size,
-                                  small_image=info["small_image"])
-  result = evaluate_lib.evaluate(ctx.load(info), ds, class_names=ctx.class_names,
+  ds = _eval_data(ctx, info)
+  model = ctx.load(info)
+  result = evaluate_lib.evaluate(model, ds, class_names=ctx.class_names,
                                  strategy=ctx.strategy)
   report = evaluate_lib.write_report(result, ctx.path("eval"), name=name,
                                      step=info.get("global_step", 0))
-  return {"top1": result.top1, "top5": result.top5, "top_k": result.top_k,
-          "num_images": result.num_images, "report": report}
+  out = {"top1": result.top1, "top5": result.top5, "top_k": result.top_k,
+         "num_images": result.num_images, "report": report}
+  if ctx.cfg.robustness.enabled:
+    out.update(_robustness(ctx, info, name, model, ds))
+  return out
+
+
+def _eval_data(ctx: Context, info: ModelInfo):
+  return data_pipeline.eval_dataset(ctx.source("eval"), image_size=info["image_size"],
+                                    batch_size=ctx.cfg.predict.eval_batch_size,
+                                    small_image=info["small_image"])
+
+
+def _robustness(ctx: Context, info: ModelInfo, name: str, model, ds) -> Dict[str, Any]:
+  """The robustness report of an evaluated model, relative to `_robustness_baseline`.
+
+  A pipeline's teacher is its own baseline (its mCE and mFR are 100), unless
+  --robustness_baseline names another model.
+  """
+  baseline = _robustness_baseline(ctx, name)
+  result = robustness.evaluate_robustness(
+      model, ds, ctx.cfg.robustness, image_size=info["image_size"], baseline=baseline,
+      strategy=ctx.strategy, batch_size=ctx.cfg.predict.eval_batch_size, name=name)
+  if baseline is None and name == "teacher":
+    robustness.normalise(result, result)
+  path = robustness.write_report(result, ctx.path("eval"), name=name,
+                                 step=info.get("global_step", 0))
+  return robustness.summary_fields(result, path)
+
+
+def _robustness_baseline(ctx: Context, name: str) -> Optional[Dict[str, Any]]:
+  """--robustness_baseline's report (a model is evaluated once, its report kept in
+  <root>/eval/baseline_robustness.json); else, for models other than the teacher, the
+  report of the teacher in this model_dir, if it has one; else None."""
+  path = ctx.cfg.robustness.baseline
+  if path and path.endswith(".json"):
+    return robustness.read_report(path)
+  if path:
+    return _baseline_model_report(ctx, path)
+  teacher = Markers(ctx.root).get("eval-teacher")
+  report = (teacher or {}).get("result", {}).get("robustness_report")
+  if name == "teacher" or not report:
+    return None
+  return robustness.read_report(report)
+
+
+def _baseline_model_report(ctx: Context, path: str) -> Dict[str, Any]:
+  cached = ctx.path("eval", "baseline_robustness.json")
+  settings = robustness.settings_of(ctx.cfg.robustness)
+  if tf.io.gfile.exists(cached):
+    report = robustness.read_report(cached)
+    if report.get("model_path") == path and report["settings"] == settings:
+      return report
+  info = info_of(path)
+  result = robustness.evaluate_robustness(
+      ctx.load(info), _eval_data(ctx, info), ctx.cfg.robustness,
+      image_size=info["image_size"], strategy=ctx.strategy,
+      batch_size=ctx.cfg.predict.eval_batch_size, name="baseline")
+  result["model_path"] = path
+  robustness.write_report(robustness.normalise(result, result), ctx.path("eval"),
+                          name="baseline")
+  return result
 
 
 def predict_pseudo_labels(ctx: Context, teacher: ModelInfo, output_dir: str,
@@ -265,9 +259,11 @@ def predict_pseudo_labels(ctx: Context, teacher: ModelInfo, output_dir: str,
           "corrupt_skipped": summary.corrupt_skipped}
 
 
-def balance_pseudo_labels(ctx: Context, pseudo: Dict[str, Any]) -> Dict[str, Any]:
-  """Filter by confidence and balance per class: a plan the student's reader applies."""
-  result = balance_lib.balance(pseudo["output_dir"], ctx.cfg.filter,
+def balance_pseudo_labels(ctx: Context, pseudo: Dict[str, Any],
+                          plan_dir: Optional[str] = None) -> Dict[str, Any]:
+  """Filter by confidence and balance per class: a plan the student's reader applies,
+  written into the pseudo-label directory or `plan_dir`."""
+  result = balance_lib.balance(pseudo["output_dir"], ctx.cfg.filter, output_dir=plan_dir,
                                class_names=ctx.class_names)
   if not result.report["totals"]["after"]:
     raise ValueError(f"no pseudo-label in {pseudo['output_dir']} reaches --min_threshold="
@@ -308,7 +304,8 @@ _RUNTIME_ONLY = ("model_dir", "log_every_n_steps", "save_checkpoints_steps",
                  "teacher_model_path", "teacher_model_name", "unlabel_ratio")
 
 
-def _fingerprints(cfg: config_lib.Config) -> Dict[str, Fingerprint]:
+def fingerprints(cfg: config_lib.Config) -> Dict[str, Fingerprint]:
+  """Per phase kind, the flags its result depends on (runtime-only flags left out)."""
   train = {k: v for k, v in dataclasses.asdict(cfg.train).items() if k not in _RUNTIME_ONLY}
   predict = {"teacher_softmax_temp": cfg.predict.teacher_softmax_temp}
   return {"data": {"data": cfg.data, "model": cfg.model},
@@ -316,10 +313,12 @@ def _fingerprints(cfg: config_lib.Config) -> Dict[str, Fingerprint]:
           "predict": predict, "filter": {"filter": cfg.filter},
           "finetune": {k: v for k, v in dataclasses.asdict(cfg.pipeline).items()
                        if k.startswith("finetune")},
-          "export": {"export": cfg.export}}
+          "export": {"export": cfg.export},
+          "eval": {"robustness": robustness.settings_of(cfg.robustness)
+                   if cfg.robustness.enabled else None}}
 
 
-def _student_ratio(cfg: config_lib.Config, i: int) -> float:
+def student_ratio(cfg: config_lib.Config, i: int) -> float:
   ratios = cfg.pipeline.student_unlabel_ratios
   if not ratios:
     return cfg.train.unlabel_ratio
@@ -338,31 +337,34 @@ def plan(cfg: config_lib.Config) -> List[str]:
   return names
 
 
-def _row(name: str, model: ModelInfo, result: Dict[str, Any]) -> Dict[str, Any]:
+def result_row(name: str, model: ModelInfo, result: Dict[str, Any]) -> Dict[str, Any]:
+  """One line of the results table (JSON-able)."""
   return {"name": name, "model": model["model_name"], "image_size": model["image_size"],
           "top1": result["top1"], "top5": result["top5"], "top_k": result["top_k"],
-          "num_images": result["num_images"], "path": model["path"]}
+          "num_images": result["num_images"], "path": model["path"],
+          **{k: result[k] for k in robustness.SUMMARY_KEYS if k in result}}
 
 
 def run_pipeline(cfg: config_lib.Config, ctx: Optional[Context] = None
                  ) -> List[Dict[str, Any]]:
   """Runs (or resumes) the whole loop; returns the results table's rows, teacher first."""
   ctx = ctx or Context(cfg)
-  markers, fp = Markers(ctx.root), _fingerprints(cfg)
+  markers, fp = Markers(ctx.root), fingerprints(cfg)
   logging.info("Pipeline in %s: %s (finished earlier: %s)", ctx.root,
                ", ".join(plan(cfg)), ", ".join(markers.done()) or "none")
 
   def phase(name, fingerprint, fn, last=False):
     return run_phase(markers, name, {**fp["data"], **fingerprint}, fn, redo_if_changed=last)
 
-  def evaluated(label, model, name, last=False):
-    return _row(label, model, phase(f"eval-{name}", {"model": model},
-                                    lambda: evaluate_model(ctx, model, name), last))
+  def evaluated(label, model, name):
+    # Redone rather than refused when the eval flags change: it only reads a model.
+    return result_row(label, model, phase(f"eval-{name}", {"model": model, **fp["eval"]},
+                                          lambda: evaluate_model(ctx, model, name), True))
 
   model = phase("teacher", fp["train"], lambda: train_teacher(ctx))
   rows = [evaluated("teacher", model, "teacher")]
   for i, name in enumerate(cfg.student_model_names, start=1):
-    teacher, ratio = model, _student_ratio(cfg, i)
+    teacher, ratio = model, student_ratio(cfg, i)
     pseudo = phase(f"predict-{i}", {"teacher": teacher, **fp["predict"]},
                    lambda: predict_pseudo_labels(ctx, teacher, ctx.path(f"pseudo_{i}")))
     balanced = phase(f"balance-{i}", {"pseudo": pseudo, **fp["filter"]},
@@ -375,7 +377,7 @@ def run_pipeline(cfg: config_lib.Config, ctx: Optional[Context] = None
     student = model
     model = phase("finetune", {"model": student, **fp["finetune"]},
                   lambda: finetune_model(ctx, student), last=True)
-    rows.append(evaluated("fine-tuned", model, "finetune", last=True))
+    rows.append(evaluated("fine-tuned", model, "finetune"))
   evaluate_lib.write_results(rows, ctx.root)
   if cfg.pipeline.export_at_end:
     final = model
@@ -388,12 +390,15 @@ def run_pipeline(cfg: config_lib.Config, ctx: Optional[Context] = None
 def run_mode(cfg: config_lib.Config) -> Any:
   """Runs one `--mode` (see flags/pipeline.py) and returns what it produced."""
   ctx = Context(cfg)
-  if cfg.mode in ("pipeline", "train", "predict"):
+  if cfg.mode in ("pipeline", "train", "predict", "ablate"):
     # Multi-worker collectives can only be set up before any other op runs: make the
     # strategy first, and every phase of this run then shares it.
     _ = ctx.strategy
   if cfg.mode == "pipeline":
     return run_pipeline(cfg, ctx)
+  if cfg.mode == "ablate":
+    from noisy_student import ablations  # pylint: disable=g-import-not-at-top
+    return ablations.run_ablations(cfg, ctx)
   if cfg.mode == "train":
     # A pseudo-label directory is read with the balance plan the filter phase wrote
     # into it, if any (noisy_student.train.inputs.unlabeled_records).

@@ -59,7 +59,11 @@ def test_every_config_field_has_a_flag():
     if not dataclasses.is_dataclass(value):
       continue
     for field in dataclasses.fields(value):
-      renamed = {"cutout": "small_image_cutout"}.get(field.name, field.name)
+      renamed = {"cutout": "small_image_cutout", "enabled": "robustness",
+                 "baseline": "robustness_baseline",
+                 "max_images": "robustness_max_images", "seeds": "ablation_seeds",
+                 "iterations": "ablation_iterations",
+                 "larger_scale": "ablation_larger_scale"}.get(field.name, field.name)
       known = renamed in fv or field.name in ("dtype_policy", "seed", "output_dir")
       assert known, f"{section.name}.{field.name} has no flag"
 

@@ -1,0 +1,222 @@
+"""Runs the robustness passes of one model over a batched eval dataset.
+
+Each corruption and severity is a `map` over the clean eval batches (parallel, seeded by
+the batch index, so every run sees the same corrupted images) feeding one compiled step
+that counts top-1 hits on every replica of a tf.distribute strategy. Perturbation
+sequences are made the same way, with batches of videos sized so that videos x frames
+stays near the eval batch size. FGSM takes one gradient per batch and scores every eps
+from it.
+"""
+from __future__ import annotations
+
+import time
+import zlib
+from typing import Any, Dict, Optional
+
+from absl import logging
+import keras
+import tensorflow as tf
+
+from noisy_student import config as config_lib
+from noisy_student import evaluate
+from noisy_student.robustness import corruptions
+from noisy_student.robustness import fgsm
+from noisy_student.robustness import metrics
+from noisy_student.robustness import perturbations
+
+AUTOTUNE = tf.data.AUTOTUNE
+# Clean eval images up to this size stay in memory after the first pass: every later pass
+# (about 100 of them) then skips decoding and resizing, which costs more than the model
+# on small images.
+CACHE_BYTES = 1 << 30
+
+
+def settings_of(cfg: config_lib.RobustnessConfig) -> Dict[str, Any]:
+  """What a report was made with (names resolved); equal settings give comparable reports."""
+  return {"corruptions": list(corruptions.resolve(cfg.corruptions)),
+          "severities": [int(s) for s in cfg.severities],
+          "perturbations": list(perturbations.resolve(cfg.perturbations)),
+          "perturbation_frames": int(cfg.perturbation_frames),
+          "fgsm_epsilons": [float(e) for e in cfg.fgsm_epsilons],
+          "max_images": cfg.max_images or None, "seed": int(cfg.seed)}
+
+
+def _seed(seed: int, what: str, index) -> tf.Tensor:
+  """The stateless seed of batch `index` of pass `what` (stable across runs)."""
+  return tf.stack([tf.constant(seed * 1_000_003 + zlib.crc32(what.encode()), tf.int64),
+                   tf.cast(index, tf.int64)])
+
+
+def _count_step(model: keras.Model):
+  """Batch -> {"images": labeled count, "correct": top-1 hits}; label -1 is skipped."""
+  def step(images, labels):
+    labels = tf.cast(tf.reshape(labels, [-1]), tf.int32)
+    predicted = tf.argmax(evaluate.logits_of(model, images), axis=-1, output_type=tf.int32)
+    keep = labels >= 0
+    hits = tf.logical_and(keep, tf.equal(predicted, labels))
+    return {"images": tf.reduce_sum(tf.cast(keep, tf.int64)),
+            "correct": tf.reduce_sum(tf.cast(hits, tf.int64))}
+  return step
+
+
+def _sum64(values: tf.Tensor) -> tf.Tensor:
+  return tf.reduce_sum(tf.cast(values, tf.float64))
+
+
+def _flip_step(model: keras.Model):
+  """Videos [b, T, H, W, 3] -> summed per-video flip probabilities, both ways of counting."""
+  def step(videos, labels):
+    del labels  # ImageNet-P scores stability, not correctness.
+    shape = tf.shape(videos)
+    logits = evaluate.logits_of(model, tf.reshape(videos, tf.concat([[-1], shape[2:]], 0)))
+    predicted = tf.reshape(tf.argmax(logits, axis=-1, output_type=tf.int32), shape[:2])
+    return {"images": tf.cast(shape[0] * shape[1], tf.int64),
+            "videos": tf.cast(shape[0], tf.int64),
+            "vs_first": _sum64(perturbations.flip_probability(predicted, True)),
+            "vs_previous": _sum64(perturbations.flip_probability(predicted, False))}
+  return step
+
+
+class _Passes:
+  """The compiled steps of one model and the loop that feeds them."""
+
+  def __init__(self, model, strategy, epsilons):
+    self.strategy = strategy
+    self.count = evaluate.summed_step(_count_step(model), strategy)
+    self.flips = evaluate.summed_step(_flip_step(model), strategy)
+    self.fgsm = evaluate.summed_step(fgsm.make_step(model, epsilons), strategy)
+
+  def run(self, step, dataset, what: str) -> Dict[str, Any]:
+    start = time.time()
+    sums = evaluate.sum_over_dataset(step, dataset, self.strategy, what=what)
+    if not sums or int(sums["images"]) == 0:
+      raise ValueError("robustness: the eval data holds no labeled image")
+    seconds = time.time() - start
+    logging.info("robustness %s: %d images in %.1f s (%.0f images/s)", what,
+                 int(sums["images"]), seconds, int(sums["images"]) / max(seconds, 1e-9))
+    return sums
+
+  def error(self, dataset, what: str) -> float:
+    sums = self.run(self.count, dataset, what)
+    return 1.0 - float(sums["correct"]) / float(sums["images"])
+
+
+def _as_pairs(dataset: tf.data.Dataset) -> tf.data.Dataset:
+  if isinstance(dataset.element_spec, dict):
+    return dataset.map(lambda batch: (batch["image"], batch["label"]))
+  return dataset
+
+
+def _pairs(dataset: tf.data.Dataset, max_images: Optional[int], batch_size: int):
+  ds = _as_pairs(dataset)
+  if max_images:
+    ds = ds.unbatch().take(max_images).batch(batch_size)
+  return ds
+
+
+def _corrupted(ds, name: str, severity: int, seed: int):
+  def fn(index, batch):
+    images, labels = batch
+    return corruptions.corrupt(images, name, severity,
+                               _seed(seed, f"{name}/{severity}", index)), labels
+  return ds.enumerate().map(fn, num_parallel_calls=AUTOTUNE).prefetch(AUTOTUNE)
+
+
+def _videos(ds, name: str, frames: int, batch_size: int, seed: int):
+  def fn(index, batch):
+    images, labels = batch
+    return perturbations.sequences(images, name, frames, _seed(seed, name, index)), labels
+  videos_per_batch = max(1, batch_size // frames)
+  return (ds.unbatch().batch(videos_per_batch).enumerate()
+          .map(fn, num_parallel_calls=AUTOTUNE).prefetch(AUTOTUNE))
+
+
+def _batch_size(ds: tf.data.Dataset) -> int:
+  images, _ = next(iter(ds))
+  return int(images.shape[0])
+
+
+def evaluate_robustness(model: keras.Model, dataset: tf.data.Dataset,
+                        cfg: config_lib.RobustnessConfig, *, image_size: int,
+                        baseline: Optional[dict] = None,
+                        strategy: Optional[tf.distribute.Strategy] = None,
+                        batch_size: Optional[int] = None, name: str = "model"
+                        ) -> Dict[str, Any]:
+  """Corruption errors, perturbation flip rates and FGSM accuracy of `model`.
+
+  Args:
+    model: logits model on float32 [B, S, S, 3] 0..255 images (under `strategy.scope()`).
+    dataset: batched eval `(images, labels)` or `{"image", "label"}`, as
+      `noisy_student.data.pipeline.eval_dataset` yields; label -1 (unknown) is skipped.
+    cfg: which corruptions, severities, perturbations, frames, eps; `max_images` caps
+      the images used (the first ones, for speed).
+    image_size: S (recorded; corruption sizes scale with the images' own size).
+    baseline: an earlier result (e.g. the teacher's) that CE and FR are relative to.
+    strategy: tf.distribute strategy; default: the current one.
+    batch_size: the dataset's batch size; None reads it from the first batch.
+    name: the model's name in the report.
+
+  Returns:
+    A JSON-able dict: clean_error; corruptions[c] = {category, errors per severity (in
+    settings.severities order), mean_error, ce, relative_ce}; perturbations[p] =
+    {flip_probability, fr}; fgsm = {epsilons, accuracy}; mce, relative_mce, mfr (None
+    without a baseline), mean_corruption_error, mean_flip_probability. Errors,
+    probabilities and accuracies are fractions; CE, FR and their means percentages.
+  """
+  strategy = strategy or tf.distribute.get_strategy()
+  settings = settings_of(cfg)
+  start = time.time()
+  batch_size = batch_size or _batch_size(_as_pairs(dataset))
+  ds = _pairs(dataset, cfg.max_images, batch_size)
+  passes = _Passes(model, strategy, settings["fgsm_epsilons"])
+  clean = passes.run(passes.count, ds, "clean")
+  if int(clean["images"]) * image_size * image_size * 3 * 4 <= CACHE_BYTES:
+    ds = ds.cache()
+  result = {"name": name, "image_size": int(image_size), "settings": settings,
+            "num_images": int(clean["images"]),
+            "clean_error": 1.0 - float(clean["correct"]) / float(clean["images"]),
+            "corruptions": {}, "perturbations": {}}
+  for c in settings["corruptions"]:
+    errors = [passes.error(_corrupted(ds, c, s, cfg.seed), f"{c} severity {s}")
+              for s in settings["severities"]]
+    result["corruptions"][c] = {"category": corruptions.CORRUPTIONS[c].category,
+                                "errors": errors, "mean_error": sum(errors) / len(errors)}
+  frames = settings["perturbation_frames"]
+  for p in settings["perturbations"]:
+    sums = passes.run(passes.flips, _videos(ds, p, frames, batch_size, cfg.seed), p)
+    key = "vs_first" if perturbations.PERTURBATIONS[p].noise else "vs_previous"
+    result["perturbations"][p] = {"flip_probability": float(sums[key]) / int(sums["videos"])}
+  result["fgsm"] = {"epsilons": settings["fgsm_epsilons"], "accuracy": []}
+  if settings["fgsm_epsilons"]:
+    sums = passes.run(passes.fgsm, ds, "fgsm")
+    result["fgsm"]["accuracy"] = [float(c) / int(sums["images"]) for c in sums["correct"]]
+  result["seconds"] = round(time.time() - start, 1)
+  metrics.normalise(result, baseline)
+  logging.info("robustness of %s: %s", name, summary(result))
+  return result
+
+
+def summary(result: Dict[str, Any]) -> str:
+  """One line: clean error, mCE / mean corruption error, mFR / flip probability, FGSM."""
+  def pct(v, scale=100.0):
+    return "-" if v is None else f"{scale * v:.1f}"
+  parts = [f"clean error {pct(result['clean_error'])}%"]
+  if result["corruptions"]:
+    parts.append(f"mCE {pct(result['mce'], 1)} (mean corruption error "
+                 f"{pct(result['mean_corruption_error'])}%)")
+  if result["perturbations"]:
+    parts.append(f"mFR {pct(result['mfr'], 1)} (mean flip probability "
+                 f"{pct(result['mean_flip_probability'])}%)")
+  eps, acc = fgsm_at_largest_epsilon(result)
+  if eps is not None:
+    parts.append(f"FGSM eps {eps:g}: accuracy {pct(acc)}%")
+  return f"{', '.join(parts)} on {result['num_images']} images in {result['seconds']} s"
+
+
+def fgsm_at_largest_epsilon(result: Dict[str, Any]):
+  """(largest eps, accuracy under it), or (None, None) without FGSM."""
+  fgsm = result["fgsm"]
+  if not fgsm["accuracy"]:
+    return None, None
+  i = max(range(len(fgsm["epsilons"])), key=lambda j: fgsm["epsilons"][j])
+  return fgsm["epsilons"][i], fgsm["accuracy"][i]
