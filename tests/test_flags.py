@@ -153,3 +153,12 @@ def test_preset_parses_and_starts_with_its_command(path, monkeypatch):
   errors = flags.validate(cfg)
   # Cloud presets point at buckets this machine cannot reach; everything else must pass.
   assert [e for e in errors if "no such file" not in e] == []
+
+
+def test_ablation_flags_reach_the_config():
+  cfg = _config("--mode=ablate", "--ablations=no_noise,hard_labels", "--ablation_seeds=4,7",
+                "--ablation_iterations=2", "--ablation_larger_scale=2")
+  assert cfg.ablation == config_lib.AblationConfig(
+      ablations=("no_noise", "hard_labels"), seeds=(4, 7), iterations=2, larger_scale=2.0)
+  with pytest.raises(flags.ConfigError, match="--ablation_seeds=1,x"):
+    _config("--mode=ablate", "--ablation_seeds=1,x")
