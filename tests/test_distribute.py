@@ -77,9 +77,14 @@ def test_mirrored_student_computes_the_same_loss_as_one_device():
   # aggregated (summed over replicas of loss / replicas) into the same update.
   np.testing.assert_allclose(two_loss, one_loss, rtol=1e-4)
   assert one_loss[0] != one_loss[1]
+  scale = np.sqrt(sum(np.sum(np.square(a)) for a in one) / sum(a.size for a in one))
   for a, b in zip(one, two):
-    # Summation order differs between the runs; compare each tensor as a whole.
-    assert np.linalg.norm(a - b) <= 1e-3 * np.linalg.norm(a) + 1e-6
+    # Summation order differs between the runs; compare each tensor as a whole. Some
+    # tensors get a gradient that is zero in exact arithmetic (a batch-norm shift that
+    # another batch norm follows), so they hold only rounding noise (~1e-7, which CI saw
+    # differ by 1.3e-6 in norm); the absolute term, relative to the weights' RMS, covers
+    # them while a wrong all-reduce scale (an error of the update's size) still fails.
+    assert np.linalg.norm(a - b) <= 1e-3 * np.linalg.norm(a) + 1e-4 * scale * np.sqrt(a.size)
 
 
 def test_batch_must_split_across_replicas():
