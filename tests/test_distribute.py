@@ -1,6 +1,7 @@
 """Strategies: same loss on 1 vs 2 replicas, batch splitting, multi-worker on localhost."""
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -150,3 +151,36 @@ def test_multi_worker_mirrored_with_two_local_workers(tmp_path):
   assert results[0]["final_model_path"] and not results[1]["final_model_path"]
   assert tf.train.latest_checkpoint(model_dir).endswith("ckpt-4")
   assert not [n for n in os.listdir(model_dir) if n.startswith(".worker")]
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_worker_makes_every_worker_save_at_the_same_step(tmp_path):
+  """Preemption of one machine: the signal is shared (an all-reduce after each loop of
+  steps), so both workers take part in the save and stop at the same step."""
+  from noisy_student.train import preemption  # pylint: disable=import-outside-toplevel
+  ports = _free_ports(2)
+  cluster = {"worker": [f"localhost:{p}" for p in ports]}
+  model_dir = str(tmp_path / "run")
+  procs = []
+  for index in range(2):
+    env = dict(os.environ, TF_CONFIG=json.dumps(
+        {"cluster": cluster, "task": {"type": "worker", "index": index}}),
+               TF_CPP_MIN_LOG_LEVEL="2")
+    procs.append(subprocess.Popen(
+        [sys.executable, WORKER, "--model_dir", model_dir, "--strategy", "multi_worker",
+         "--train_steps", "60", "--save_every", "60"], env=env, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True))
+  seen = []
+  for line in procs[1].stdout:  # The non-chief worker gets the signal.
+    seen.append(line)
+    if "step 3/60 " in line:
+      break
+  procs[1].send_signal(signal.SIGTERM)
+  outputs = [p.communicate(timeout=600)[0] for p in procs]
+  outputs[1] = "".join(seen) + outputs[1]
+  for p, out in zip(procs, outputs):
+    assert p.returncode == preemption.EXIT_CODE, out[-3000:]
+  stopped_at = int(tf.train.latest_checkpoint(model_dir).rsplit("-", 1)[1])
+  assert 3 <= stopped_at < 60
+  for out in outputs:
+    assert f"Preempted at step {stopped_at}" in out, out[-3000:]

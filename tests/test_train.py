@@ -196,3 +196,61 @@ def test_killed_run_resumes_and_ends_at_the_same_step_and_schedule(tmp_path):
   assert lrs[40] == pytest.approx(result["last_lr"], rel=1e-6)
   epochs = _scalars(model_dir, "epoch")
   assert epochs[40] == pytest.approx(40 * 8 / 64)
+
+
+def test_sigterm_checkpoints_after_the_running_loop_and_training_resumes_there(
+    tmp_path, monkeypatch):
+  """A real SIGTERM to this process once the trainer watches for it: the first call
+  of 5 steps is compiling then, so the signal is seen after it, at step 5."""
+  from noisy_student.train import preemption  # pylint: disable=import-outside-toplevel
+  before = signal.getsignal(signal.SIGTERM)
+
+  class SignalledWatch(preemption.SigtermWatch):
+    def __enter__(self):
+      watch = super().__enter__()
+      os.kill(os.getpid(), signal.SIGTERM)
+      return watch
+
+  monkeypatch.setattr(preemption, "SigtermWatch", SignalledWatch)
+  cfg = _cfg(tmp_path, train_steps=15, save_checkpoints_steps=15)
+  with pytest.raises(preemption.Preempted) as stopped:
+    train(MODEL, DATA, cfg, DistributeConfig("default"), labeled_source=make_records(64))
+  assert stopped.value.code == preemption.EXIT_CODE and stopped.value.step == 5
+  assert tf.train.latest_checkpoint(str(tmp_path)).endswith("ckpt-5")
+  assert signal.getsignal(signal.SIGTERM) is before  # Restored after training.
+  monkeypatch.undo()
+  result = train(MODEL, DATA, cfg, DistributeConfig("default"),
+                 labeled_source=make_records(64))
+  assert (result.start_step, result.global_step) == (5, 15)
+  assert sorted(_scalars(str(tmp_path), "loss")) == [5, 10, 15]
+
+
+@pytest.mark.slow
+def test_sigterm_saves_where_it_stopped_and_the_rerun_ends_at_the_same_step(tmp_path):
+  """Preemption with notice: SIGTERM mid-run checkpoints at the current step, not the
+  last periodic save (here there is none before the end), and exits with 143."""
+  from noisy_student.train import preemption  # pylint: disable=import-outside-toplevel
+  model_dir = str(tmp_path / "run")
+  args = [sys.executable, WORKER, "--model_dir", model_dir, "--train_steps", "60",
+          "--save_every", "60", "--result", str(tmp_path / "result.json")]
+  proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                          text=True)
+  log = []
+  for line in proc.stderr:  # The worker logs every step: "step N/60 ...".
+    log.append(line)
+    if "step 3/60 " in line:
+      break
+  proc.send_signal(signal.SIGTERM)
+  _, rest = proc.communicate(timeout=300)
+  log = "".join(log) + rest
+  assert proc.returncode == preemption.EXIT_CODE, log[-3000:]
+  stopped_at = int(tf.train.latest_checkpoint(model_dir).rsplit("-", 1)[1])
+  assert 3 <= stopped_at < 60, log[-3000:]
+  assert f"Preempted at step {stopped_at}" in log
+  assert not os.path.exists(os.path.join(model_dir, "final.keras"))
+  done = subprocess.run(args, capture_output=True, text=True, timeout=900)
+  assert done.returncode == 0, done.stderr[-3000:]
+  result = json.loads((tmp_path / "result.json").read_text())
+  assert result["start_step"] == stopped_at and result["global_step"] == 60
+  # The summaries cover every step once: up to the save, then from the resume on.
+  assert sorted(_scalars(model_dir, "loss")) == list(range(1, 61))

@@ -23,6 +23,7 @@ from noisy_student.train import checkpoints
 from noisy_student.train import distribute
 from noisy_student.train import ema as ema_lib
 from noisy_student.train import inputs as inputs_lib
+from noisy_student.train import preemption
 from noisy_student.train import preflight
 from noisy_student.train import schedules
 from noisy_student.train import steps as steps_lib
@@ -114,7 +115,8 @@ def train(model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg: TrainConfig,
       (TF configures collective ops only then).
   Returns:
     TrainResult. Raises ValueError on inconsistent input, FloatingPointError on a NaN
-    loss (the last good checkpoint is left as it was).
+    loss (the last good checkpoint is left as it was), and preemption.Preempted (a
+    SystemExit) after saving a checkpoint when the process got SIGTERM.
   """
   preflight.check_train_config(train_cfg)
   strategy = strategy or distribute.make_strategy(dist_cfg)
@@ -141,8 +143,10 @@ def train(model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg: TrainConfig,
   multi_step = steps_lib.make_multi_step(strategy, replica_step)
   images_per_step = strategy.num_replicas_in_sync * (spec.labeled_batch +
                                                      spec.unlabeled_batch)
-  loop = _Loop(train_cfg, state, chief, images_per_step, run.num_train_images)
-  metrics, rate = loop.run(multi_step, iterator, start_step)
+  loop = _Loop(train_cfg, state, chief, images_per_step, run.num_train_images,
+               preemption.make_agreement(strategy))
+  with preemption.SigtermWatch() as watch:
+    metrics, rate = loop.run(multi_step, iterator, start_step, watch)
   preflight.cleanup_worker_dir(chief, ckpt_dir)
   final_path = None
   if chief:
@@ -158,8 +162,9 @@ class _Loop:
   """The host loop: run chunks of steps, check, summarise, log, checkpoint."""
 
   def __init__(self, cfg: TrainConfig, state: _State, chief: bool, images_per_step: int,
-               num_train_images: int):
+               num_train_images: int, agree_preempted):
     self.cfg, self.state, self.chief = cfg, state, chief
+    self.agree_preempted = agree_preempted
     self.images_per_step = images_per_step
     self.steps_per_epoch = schedules.steps_per_epoch(cfg, num_train_images)
     logdir = f"{cfg.model_dir.rstrip('/')}/train"
@@ -171,7 +176,7 @@ class _Loop:
     to_save = self.cfg.save_checkpoints_steps - step % self.cfg.save_checkpoints_steps
     return min(self.cfg.iterations_per_loop, to_save, self.cfg.train_steps - step)
 
-  def run(self, multi_step, iterator, step: int):
+  def run(self, multi_step, iterator, step: int, watch: preemption.SigtermWatch):
     """Trains from `step` to train_steps; returns (last metrics, images/s)."""
     metrics, timed_steps, timed_secs, last_log, calls = {}, 0, 0.0, step, 0
     if step >= self.cfg.train_steps:
@@ -192,12 +197,21 @@ class _Loop:
       if step - last_log >= self.cfg.log_every_n_steps or step == self.cfg.train_steps:
         self._progress(step, metrics, rate, n / max(secs, 1e-9))
         last_log = step
+      saved = None
       if step % self.cfg.save_checkpoints_steps == 0 or step == self.cfg.train_steps:
-        path = self.state.manager.save(checkpoint_number=step)
-        logging.info("Saved %s.", path)
+        saved = self._save(step)
+      if step < self.cfg.train_steps:  # Every worker asks, after every loop of steps.
+        preemption.stop_if_preempted(self.agree_preempted, watch, step,
+                                     lambda: saved or self._save(step))
     self.writer.flush()
     overall = self.images_per_step * timed_steps / timed_secs if timed_secs else 0.0
     return metrics, overall
+
+  def _save(self, step: int) -> str:
+    self.writer.flush()  # The summaries up to the checkpoint survive a preemption.
+    path = self.state.manager.save(checkpoint_number=step)
+    logging.info("Saved %s.", path)
+    return path
 
   def _summaries(self, step: int, metrics: Dict[str, float], rate: float) -> None:
     values = dict(metrics, learning_rate=float(self.state.schedule(step - 1)),
