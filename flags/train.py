@@ -43,7 +43,10 @@ def define(fv: flags.FlagValues) -> None:
   flags.DEFINE_float("base_learning_rate", d.base_learning_rate,
                      "Learning rate per 256 images (scaled by batch / 256).", flag_values=fv)
   flags.DEFINE_float("final_base_lr", None,
-                     "If set, the staircase decays so that the last rate is this.",
+                     "If set (per 256 images, like --base_learning_rate), the "
+                     "staircase period is stretched so the rate reaches about this "
+                     "(scaled by batch / 256) at the last step; replaces "
+                     "--lr_decay_epochs, as in the original.",
                      flag_values=fv)
   flags.DEFINE_float("warmup_epochs", d.warmup_epochs, "Linear warm-up.", flag_values=fv)
   flags.DEFINE_float("lr_decay_epochs", d.lr_decay_epochs, "Staircase period.",
