@@ -125,11 +125,10 @@ def _free_ports(n):
   return ports
 
 
-@pytest.mark.slow
-def test_multi_worker_mirrored_with_two_local_workers(tmp_path):
-  ports = _free_ports(2)
-  cluster = {"worker": [f"localhost:{p}" for p in ports]}
-  model_dir = str(tmp_path / "run")
+def _start_two_workers(model_dir, worker_args):
+  """Two training processes on localhost under MultiWorkerMirroredStrategy (TF_CONFIG);
+  worker_args(index) -> that worker's extra arguments. Their output is one text pipe."""
+  cluster = {"worker": [f"localhost:{p}" for p in _free_ports(2)]}
   procs = []
   for index in range(2):
     env = dict(os.environ, TF_CONFIG=json.dumps(
@@ -137,9 +136,17 @@ def test_multi_worker_mirrored_with_two_local_workers(tmp_path):
                TF_CPP_MIN_LOG_LEVEL="2")
     procs.append(subprocess.Popen(
         [sys.executable, WORKER, "--model_dir", model_dir, "--strategy", "multi_worker",
-         "--train_steps", "4", "--save_every", "2", "--result",
-         str(tmp_path / f"result{index}.json")], env=env, stdout=subprocess.PIPE,
+         *worker_args(index)], env=env, stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT, text=True))
+  return procs
+
+
+@pytest.mark.slow
+def test_multi_worker_mirrored_with_two_local_workers(tmp_path):
+  model_dir = str(tmp_path / "run")
+  procs = _start_two_workers(model_dir, lambda index: [
+      "--train_steps", "4", "--save_every", "2",
+      "--result", str(tmp_path / f"result{index}.json")])
   outputs = [p.communicate(timeout=600)[0] for p in procs]
   for p, out in zip(procs, outputs):
     assert p.returncode == 0, out[-3000:]
@@ -158,18 +165,9 @@ def test_sigterm_to_one_worker_makes_every_worker_save_at_the_same_step(tmp_path
   """Preemption of one machine: the signal is shared (an all-reduce after each loop of
   steps), so both workers take part in the save and stop at the same step."""
   from noisy_student.train import preemption  # pylint: disable=import-outside-toplevel
-  ports = _free_ports(2)
-  cluster = {"worker": [f"localhost:{p}" for p in ports]}
   model_dir = str(tmp_path / "run")
-  procs = []
-  for index in range(2):
-    env = dict(os.environ, TF_CONFIG=json.dumps(
-        {"cluster": cluster, "task": {"type": "worker", "index": index}}),
-               TF_CPP_MIN_LOG_LEVEL="2")
-    procs.append(subprocess.Popen(
-        [sys.executable, WORKER, "--model_dir", model_dir, "--strategy", "multi_worker",
-         "--train_steps", "60", "--save_every", "60"], env=env, stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, text=True))
+  procs = _start_two_workers(model_dir, lambda index: [
+      "--train_steps", "60", "--save_every", "60"])
   seen = []
   for line in procs[1].stdout:  # The non-chief worker gets the signal.
     seen.append(line)
