@@ -51,8 +51,17 @@ def test_corruption_in_tf_data_is_seeded(name):
   eager = corruptions.corrupt(x, name, 3, tf.constant([7, 0], tf.int64)).numpy()
   np.testing.assert_allclose(first, eager, atol=1e-3)  # Same seed, same corruption.
   random = name in ("gaussian_noise", "shot_noise", "impulse_noise", "speckle_noise",
-                    "motion_blur", "fog")
+                    "motion_blur", "fog", "glass_blur", "snow", "elastic_transform")
   assert (np.abs(first - second).max() > 1) == random  # Another batch, other draws.
+
+
+# Severities whose mean absolute change may fall below the one before, as it does in
+# make_imagenet_c.py itself (a numpy port of it at 224 px shows the same): glass blur's
+# severity 2 trades a second round of swaps for a wider window; snow's 2 and 3 are about
+# equally strong; elastic transform's severities 1 and 2 are large affine warps, 3 to 5 a
+# small one plus local displacement. ImageNet-C's AlexNet errors per severity fall at 3
+# for snow (72 88 86 92 95%) and elastic transform (53 70 56 64 81%).
+MAY_FALL = {"glass_blur": (2,), "snow": (3,), "elastic_transform": (3,)}
 
 
 def test_severities_grow_in_distortion(digits):
@@ -63,8 +72,9 @@ def test_severities_grow_in_distortion(digits):
       continue
     diffs = [float(tf.reduce_mean(tf.abs(corruptions.corrupt(digits, name, s, SEED) -
                                          digits))) for s in range(6)]
-    assert all(b >= a - 1e-4 for a, b in zip(diffs, diffs[1:])), (name, diffs)
-    assert diffs[5] > diffs[1] > 0 or name == "saturate", (name, diffs)
+    assert all(diffs[s] >= diffs[s - 1] - 1e-4 for s in range(1, 6)
+               if s not in MAY_FALL.get(name, ())), (name, diffs)
+    assert diffs[5] > diffs[1] > 0 or name in ("saturate", "elastic_transform"), (name, diffs)
 
 
 def _spread(kernel):
@@ -85,8 +95,8 @@ def test_sizes_scale_with_the_image():
 
 
 def test_unknown_names_and_severities_fail_clearly():
-  with pytest.raises(ValueError, match="unknown corruption snow; known: gaussian_noise"):
-    corruptions.resolve(["gaussian_noise", "snow"])
+  with pytest.raises(ValueError, match="unknown corruption frost; known: gaussian_noise"):
+    corruptions.resolve(["gaussian_noise", "frost"])
   with pytest.raises(ValueError, match="severity 6"):
     corruptions.corrupt(_colourful(), "contrast", 6, SEED)
   with pytest.raises(ValueError, match="unknown perturbation tilt"):
@@ -94,6 +104,117 @@ def test_unknown_names_and_severities_fail_clearly():
   assert corruptions.resolve([]) == corruptions.DEFAULT_NAMES
   assert set(corruptions.resolve(["all"])) == set(corruptions.NAMES)
   assert "saturate" not in corruptions.DEFAULT_NAMES
+
+
+NEW = ("glass_blur", "snow", "elastic_transform")
+
+
+def _textured(batch=4, size=32, seed=0):
+  """Random detail at several scales over 0..255, like a photo's: blurs, swaps and warps
+  all change it."""
+  rng = np.random.RandomState(seed)
+  coarse = tf.image.resize(rng.uniform(0, 255, [batch, size // 4, size // 4, 3]),
+                           [size, size])
+  return tf.cast(0.6 * coarse + 0.4 * rng.uniform(0, 255, [batch, size, size, 3]),
+                 tf.float32)
+
+
+@pytest.mark.parametrize("name", NEW)
+def test_new_corruptions_are_seeded_and_in_the_benchmark(name):
+  x = _textured()
+  assert name in corruptions.DEFAULT_NAMES
+  assert corruptions.corrupt(x, name, 0, SEED) is x
+  for severity in corruptions.SEVERITIES:
+    y = corruptions.corrupt(x, name, severity, SEED)
+    assert y.shape == x.shape and y.dtype == tf.float32
+    assert 0 <= float(tf.reduce_min(y)) and float(tf.reduce_max(y)) <= 255
+    np.testing.assert_array_equal(y, corruptions.corrupt(x, name, severity, SEED))
+    other = corruptions.corrupt(x, name, severity, tf.constant([7, 12], tf.int64))
+    assert float(tf.reduce_max(tf.abs(other - y))) > 1, (name, severity)
+
+
+@pytest.mark.parametrize("name", NEW)
+def test_new_corruptions_grow_with_severity(name):
+  """Severity 5 changes a textured image more than severity 1; for elastic transform,
+  whose severities 1 and 2 are large affine warps (ImageNet-C's too: see MAY_FALL), the
+  local distortion grows: severity 5 over 3, which share the affine shift."""
+  x = _textured()
+  change = lambda s: float(tf.reduce_mean(tf.abs(corruptions.corrupt(x, name, s, SEED) - x)))
+  low = 3 if name == "elastic_transform" else 1
+  assert change(5) > change(low) > 0, (name, change(low), change(5))
+
+
+@pytest.mark.parametrize("name", NEW)
+def test_new_corruptions_in_tf_function_keep_static_shapes(name):
+  x = _textured(batch=3)
+  corruption = corruptions.CORRUPTIONS[name]
+  inner_shapes = []
+
+  @tf.function(input_signature=[tf.TensorSpec([None, 32, 32, 3], tf.float32)])
+  def run(images):
+    inner = corruption.fn(images / 255.0, corruption.severities[2], SEED, 32 / 224)
+    inner_shapes.append(inner.shape.as_list())
+    return corruptions.corrupt(images, name, 3, SEED)
+
+  assert run.get_concrete_function().structured_outputs.shape.as_list() == [None, 32, 32, 3]
+  assert inner_shapes == [[None, 32, 32, 3]]
+  np.testing.assert_allclose(run(x), corruptions.corrupt(x, name, 3, SEED), atol=1e-3)
+
+
+def test_glass_blur_keeps_a_constant_image_and_the_mean():
+  """Blurs and local swaps move values, they do not make them: a constant stays that
+  constant and a textured image keeps its mean brightness."""
+  flat = tf.fill([2, 32, 32, 3], 77.0)
+  x = _textured()
+  for severity in corruptions.SEVERITIES:
+    np.testing.assert_allclose(corruptions.corrupt(flat, "glass_blur", severity, SEED), flat,
+                               atol=1e-3)
+    y = corruptions.corrupt(x, "glass_blur", severity, SEED)
+    assert float(tf.reduce_mean(y)) == pytest.approx(float(tf.reduce_mean(x)), abs=1.0)
+
+
+def test_snow_brightens_the_same_at_every_size():
+  """Snow lifts a dark image (the brightened grey mix, plus flakes), and by the same
+  amount at 32 and 224 px: flakes and streaks are sized by image size / 224."""
+  means = {}
+  for size in (32, 224):
+    dark = tf.fill([4, size, size, 3], 30.0)
+    means[size] = [float(tf.reduce_mean(corruptions.corrupt(dark, "snow", s, SEED)))
+                   for s in corruptions.SEVERITIES]
+  assert all(m > 30 + 20 for m in means[32]), means
+  np.testing.assert_allclose(means[32], means[224], rtol=0.1)
+
+
+def test_elastic_transform_keeps_a_constant_image():
+  flat = tf.fill([2, 32, 32, 3], 200.0)
+  for severity in corruptions.SEVERITIES:
+    np.testing.assert_allclose(corruptions.corrupt(flat, "elastic_transform", severity, SEED),
+                               flat, atol=1e-3)
+
+
+def test_elastic_transform_matches_scipy_and_scales():
+  """The displacement smoothing is scipy's gaussian_filter (reflect, truncate 3) even for a
+  kernel wider than the image (severity 1: sigma 171 px); the bilinear read with mirrored
+  edges is map_coordinates(order=1, mode="reflect"); the field's RMS scales with the size."""
+  ndimage = pytest.importorskip("scipy.ndimage")
+  rng = np.random.RandomState(0)
+  for n, sigma in ((224, 244 * 0.7), (224, 244 * 0.01), (32, 244 * 0.01 * 32 / 224)):
+    noise = rng.uniform(-1, 1, [n, n])
+    matrix = corruptions.smoothing_matrix(n, sigma)
+    np.testing.assert_allclose(matrix @ noise @ matrix.T, ndimage.gaussian_filter(
+        noise, sigma, mode="reflect", truncate=3), atol=1e-6)
+  image = rng.uniform(0, 1, [9, 7, 2]).astype(np.float32)
+  rows, cols = rng.uniform(-20, 30, [2, 1, 9, 7]).astype(np.float32)
+  ours = corruptions.sample(image[None], corruptions._reflect_coordinate(rows, 9),
+                            corruptions._reflect_coordinate(cols, 7))[0]
+  theirs = np.stack([ndimage.map_coordinates(image[..., k], [rows[0], cols[0]], order=1,
+                                             mode="reflect") for k in range(2)], axis=-1)
+  np.testing.assert_allclose(ours, theirs, atol=1e-5)
+  alpha, sigma, _ = corruptions.CORRUPTIONS["elastic_transform"].severities[4]
+  rms = {n: float(tf.sqrt(tf.reduce_mean(tf.square(corruptions.displacement(
+      SEED, 16, n, n, alpha, sigma, n / 224))))) for n in (32, 224)}
+  assert rms[32] == pytest.approx(rms[224] * 32 / 224, rel=0.1), rms
+  assert rms[224] == pytest.approx(244 * 0.12 / np.sqrt(3 * 4 * np.pi) / sigma, rel=0.1)
 
 
 @pytest.mark.parametrize("name", perturbations.NAMES)

@@ -201,7 +201,7 @@ def test_flags_reach_the_config(tmp_path):
 
 
 @pytest.mark.parametrize("argv, expected", [
-    (["--corruptions=fog,snow"], "--corruptions: unknown corruption snow; known: "),
+    (["--corruptions=fog,frost"], "--corruptions: unknown corruption frost; known: "),
     (["--perturbations=tilt"], "--perturbations: unknown perturbation tilt"),
     (["--severities=0,6"], "--severities=0,6: each must be in 1..5"),
     (["--perturbation_frames=1"], "--perturbation_frames=1: must be >= 2"),
@@ -241,7 +241,7 @@ def test_eval_mode_end_to_end(tmp_path):
   assert proc.returncode == 0, proc.stderr[-3000:]
   report = robustness.read_report(str(model_dir / "eval" / "eval_robustness.json"))
   assert report["num_images"] == 64 and report["settings"]["severities"] == [1, 5]
-  assert len(report["corruptions"]) == 11 and len(report["perturbations"]) == 6
+  assert len(report["corruptions"]) == 14 and len(report["perturbations"]) == 6
   assert report["mce"] is None  # No baseline given, no teacher in this model_dir.
   for suffix in ("corruptions", "perturbations", "fgsm"):
     assert (model_dir / "eval" / f"eval_{suffix}.png").exists()
