@@ -96,6 +96,24 @@ def test_report_is_reproducible_and_its_own_baseline(tmp_path):
     robustness.read_report(str(tmp_path / "bad.json"))
 
 
+def test_corrupted_images_do_not_depend_on_the_batch_size():
+  """Randomness is seeded per chunk of images, not per batch: a report at another
+  --eval_batch_size (or on a TPU's global batch) sees the same corrupted images."""
+  cfg = dataclasses.replace(SMALL, corruptions=("gaussian_noise", "impulse_noise"),
+                            severities=(5,), perturbations=("gaussian_noise", "rotate"),
+                            fgsm_epsilons=())
+  model = _conv_model()
+  reports = [robustness.evaluate_robustness(model, _data(n=37, batch=b)[0], cfg,
+                                            image_size=16) for b in (5, 16, 37)]
+  for other in reports[1:]:
+    assert other["corruptions"] == reports[0]["corruptions"]
+    for p in cfg.perturbations:
+      assert other["perturbations"][p]["flip_probability"] == pytest.approx(
+          reports[0]["perturbations"][p]["flip_probability"], abs=1e-9)
+  # The noise is real: it changes the predictions of some images.
+  assert reports[0]["corruptions"]["gaussian_noise"]["errors"] != [reports[0]["clean_error"]]
+
+
 def test_two_replicas_match_one_device():
   devices = tf.config.list_logical_devices("CPU")
   if len(devices) < 2:

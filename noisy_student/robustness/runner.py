@@ -1,11 +1,12 @@
 """Runs the robustness passes of one model over a batched eval dataset.
 
-Each corruption and severity is a `map` over the clean eval batches (parallel, seeded by
-the batch index, so every run sees the same corrupted images) feeding one compiled step
-that counts top-1 hits on every replica of a tf.distribute strategy. Perturbation
-sequences are made the same way, with batches of videos sized so that videos x frames
-stays near the eval batch size. FGSM takes one gradient per batch and scores every eps
-from it.
+Each corruption and severity is a `map` over the clean eval images (parallel) feeding one
+compiled step that counts top-1 hits on every replica of a tf.distribute strategy. The
+randomness is drawn per chunk of SEED_CHUNK images, seeded by the chunk's index, so every
+run sees the same corrupted images whatever its eval batch size or strategy: a baseline
+report made on another machine is comparable. Perturbation sequences are made the same
+way, in batches of videos sized so that videos x frames stays near the eval batch size.
+FGSM takes one gradient per batch and scores every eps from it.
 """
 from __future__ import annotations
 
@@ -29,6 +30,10 @@ AUTOTUNE = tf.data.AUTOTUNE
 # (about 100 of them) then skips decoding and resizing, which costs more than the model
 # on small images.
 CACHE_BYTES = 1 << 30
+# Images per seeded chunk of corruption or perturbation. Small enough to divide common
+# batch sizes' work evenly over the map's parallel calls, large enough that the ops stay
+# batched.
+SEED_CHUNK = 16
 
 
 def settings_of(cfg: config_lib.RobustnessConfig) -> Dict[str, Any]:
@@ -42,7 +47,7 @@ def settings_of(cfg: config_lib.RobustnessConfig) -> Dict[str, Any]:
 
 
 def _seed(seed: int, what: str, index) -> tf.Tensor:
-  """The stateless seed of batch `index` of pass `what` (stable across runs)."""
+  """The stateless seed of chunk `index` of pass `what` (stable across runs)."""
   return tf.stack([tf.constant(seed * 1_000_003 + zlib.crc32(what.encode()), tf.int64),
                    tf.cast(index, tf.int64)])
 
@@ -114,21 +119,27 @@ def _pairs(dataset: tf.data.Dataset, max_images: Optional[int], batch_size: int)
   return ds
 
 
-def _corrupted(ds, name: str, severity: int, seed: int):
-  def fn(index, batch):
-    images, labels = batch
-    return corruptions.corrupt(images, name, severity,
-                               _seed(seed, f"{name}/{severity}", index)), labels
-  return ds.enumerate().map(fn, num_parallel_calls=AUTOTUNE).prefetch(AUTOTUNE)
+def _seeded_chunks(ds, what: str, seed: int, fn, out_batch: int):
+  """fn(images, seed) applied to chunks of SEED_CHUNK images (labels kept), seeded by the
+  chunk's index; the results are batched by out_batch."""
+  def apply(index, chunk):
+    images, labels = chunk
+    return fn(images, _seed(seed, what, index)), labels
+  return (ds.unbatch().batch(SEED_CHUNK).enumerate()
+          .map(apply, num_parallel_calls=AUTOTUNE)
+          .unbatch().batch(out_batch).prefetch(AUTOTUNE))
+
+
+def _corrupted(ds, name: str, severity: int, seed: int, batch_size: int):
+  return _seeded_chunks(
+      ds, f"{name}/{severity}", seed,
+      lambda images, s: corruptions.corrupt(images, name, severity, s), batch_size)
 
 
 def _videos(ds, name: str, frames: int, batch_size: int, seed: int):
-  def fn(index, batch):
-    images, labels = batch
-    return perturbations.sequences(images, name, frames, _seed(seed, name, index)), labels
-  videos_per_batch = max(1, batch_size // frames)
-  return (ds.unbatch().batch(videos_per_batch).enumerate()
-          .map(fn, num_parallel_calls=AUTOTUNE).prefetch(AUTOTUNE))
+  return _seeded_chunks(ds, name, seed,
+                        lambda images, s: perturbations.sequences(images, name, frames, s),
+                        max(1, batch_size // frames))
 
 
 def _batch_size(ds: tf.data.Dataset) -> int:
@@ -177,7 +188,7 @@ def evaluate_robustness(model: keras.Model, dataset: tf.data.Dataset,
             "clean_error": 1.0 - float(clean["correct"]) / float(clean["images"]),
             "corruptions": {}, "perturbations": {}}
   for c in settings["corruptions"]:
-    errors = [passes.error(_corrupted(ds, c, s, cfg.seed), f"{c} severity {s}")
+    errors = [passes.error(_corrupted(ds, c, s, cfg.seed, batch_size), f"{c} severity {s}")
               for s in settings["severities"]]
     result["corruptions"][c] = {"category": corruptions.CORRUPTIONS[c].category,
                                 "errors": errors, "mean_error": sum(errors) / len(errors)}
