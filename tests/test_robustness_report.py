@@ -190,6 +190,16 @@ def test_pipeline_evaluations_are_relative_to_the_teacher(tmp_path, monkeypatch)
   assert first["mce"] == pytest.approx(s["mce"])  # Same baseline model, same images.
   again = pipeline.evaluate_model(eval_ctx, student, "eval")
   assert again["mce"] == first["mce"] and calls == ["baseline", "eval", "eval"]
+  # A cached baseline from code that drew other corrupted images is measured again.
+  cached = str(tmp_path / "eval" / "eval" / "baseline_robustness.json")
+  old = robustness.read_report(cached)
+  old["settings"]["sampling_version"] = 1
+  with open(cached, "w") as f:
+    json.dump(old, f)
+  pipeline.evaluate_model(eval_ctx, student, "eval")
+  assert calls[3:] == ["baseline", "eval"]
+  assert robustness.read_report(cached)["settings"] == robustness.settings_of(
+      eval_ctx.cfg.robustness)
   with_report = pipeline.Context(_pipeline_cfg(tmp_path / "eval2", "eval",
                                                baseline=t["robustness_report"]))
   assert pipeline.evaluate_model(with_report, student, "eval")["mce"] == pytest.approx(

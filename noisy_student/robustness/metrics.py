@@ -80,7 +80,7 @@ def perturbation_scores(result: dict, baseline: Optional[dict]) -> Dict[str, Opt
 
 
 def _warn_if_incomparable(ours: dict, theirs: dict) -> None:
-  for key in ("max_images", "seed", "perturbation_frames"):
+  for key in ("max_images", "seed", "perturbation_frames", "sampling_version"):
     if ours.get(key) != theirs.get(key):
       logging.warning("robustness baseline was measured with %s=%s, this model with %s: "
                       "its CE / FR compare unlike conditions", key, theirs.get(key),

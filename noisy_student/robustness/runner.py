@@ -34,6 +34,10 @@ CACHE_BYTES = 1 << 30
 # batch sizes' work evenly over the map's parallel calls, large enough that the ops stay
 # batched.
 SEED_CHUNK = 16
+# Part of every report's settings, so a report (or a cached baseline) made by code that
+# draws other corrupted images for the same flags is not taken as comparable. Bump it on
+# such a change. 2: randomness seeded per SEED_CHUNK images (1: per eval batch).
+SAMPLING_VERSION = 2
 
 
 def settings_of(cfg: config_lib.RobustnessConfig) -> Dict[str, Any]:
@@ -43,7 +47,8 @@ def settings_of(cfg: config_lib.RobustnessConfig) -> Dict[str, Any]:
           "perturbations": list(perturbations.resolve(cfg.perturbations)),
           "perturbation_frames": int(cfg.perturbation_frames),
           "fgsm_epsilons": [float(e) for e in cfg.fgsm_epsilons],
-          "max_images": cfg.max_images or None, "seed": int(cfg.seed)}
+          "max_images": cfg.max_images or None, "seed": int(cfg.seed),
+          "sampling_version": SAMPLING_VERSION}
 
 
 def _seed(seed: int, what: str, index) -> tf.Tensor:
