@@ -27,6 +27,7 @@ import numpy as np
 import efficientnet
 from noisy_student import config as config_lib
 from noisy_student import evaluate as evaluate_lib
+from noisy_student import phases
 from noisy_student import pipeline
 from noisy_student import plots
 
@@ -124,22 +125,22 @@ def _variant_row(ctx: pipeline.Context, name: str, balanced: Dict[str, Any]) -> 
   num_classes = len(ctx.class_names)
   vcfg = VARIANTS[name].change(base, balanced.get("totals") or {}, num_classes)
   vctx = ctx.derive(vcfg)
-  markers = pipeline.Markers(ctx.root)
+  markers = phases.Markers(ctx.root)
   fp = pipeline.fingerprints(vcfg)
   fingerprint = {**fp["data"], **fp["train"], **fp["filter"], "variant": name,
                  "balanced": balanced}
   directory = f"ablation_{name}"
   if VARIANTS[name].rebalances:
-    balanced = pipeline.run_phase(
+    balanced = phases.run_phase(
         markers, f"balance-{directory}", fingerprint,
         lambda: pipeline.balance_pseudo_labels(vctx, {"output_dir": balanced["output_dir"]},
                                                plan_dir=ctx.path(directory, "plan")))
   student = base.student_model_names[0]
   ratio = pipeline.student_ratio(base, 1)
-  model = pipeline.run_phase(
+  model = phases.run_phase(
       markers, directory, fingerprint,
       lambda: pipeline.train_student(vctx, 1, student, ratio, balanced, directory))
-  result = pipeline.run_phase(
+  result = phases.run_phase(
       markers, f"eval-{directory}", {"model": model, **fp["eval"]},
       lambda: pipeline.evaluate_model(vctx, model, directory), redo_if_changed=True)
   return pipeline.result_row(name, model, result)
@@ -151,7 +152,7 @@ def run_seed(ctx: pipeline.Context, names: Sequence[str]) -> Dict[str, Row]:
   out = {"teacher": dict(rows[0], name="teacher")}
   for i, row in enumerate(rows[1:], start=1):
     out[f"iteration_{i}"] = dict(row, name=f"iteration_{i}")
-  balanced = pipeline.Markers(ctx.root).get("balance-1")["result"]
+  balanced = phases.Markers(ctx.root).get("balance-1")["result"]
   for name in names:
     out[name] = _variant_row(ctx, name, balanced)
   return out

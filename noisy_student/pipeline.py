@@ -44,12 +44,6 @@ from noisy_student.train import checkpoints
 from noisy_student.train import distribute
 import tfrecords
 
-# The phase bookkeeping lives in noisy_student/phases.py; re-exported for callers.
-Fingerprint = phases.Fingerprint
-Markers = phases.Markers
-PhaseMismatchError = phases.PhaseMismatchError
-run_phase = phases.run_phase
-
 ModelInfo = Dict[str, Any]  # {"path", "model_name", "image_size", "small_image"}
 
 
@@ -129,7 +123,7 @@ def _info(path: str, model_cfg: config_lib.ModelConfig) -> ModelInfo:
 def info_of(path: str) -> ModelInfo:
   """A model_dir, or a pipeline's model_dir (its last model: fine-tuned, else the last
   student, else the teacher), or a .keras file -> ModelInfo."""
-  markers = Markers(path)
+  markers = phases.Markers(path)
   done = markers.done()
   students = sorted((int(n.split("-")[1]) for n in done if re.fullmatch(r"student-\d+", n)))
   for name in ["finetune"] + [f"student-{i}" for i in reversed(students)] + ["teacher"]:
@@ -220,7 +214,7 @@ def _robustness_baseline(ctx: Context, name: str) -> Optional[Dict[str, Any]]:
     return robustness.read_report(path)
   if path:
     return _baseline_model_report(ctx, path)
-  teacher = Markers(ctx.root).get("eval-teacher")
+  teacher = phases.Markers(ctx.root).get("eval-teacher")
   report = (teacher or {}).get("result", {}).get("robustness_report")
   if name == "teacher" or not report:
     return None
@@ -304,7 +298,7 @@ _RUNTIME_ONLY = ("model_dir", "log_every_n_steps", "save_checkpoints_steps",
                  "teacher_model_path", "teacher_model_name", "unlabel_ratio")
 
 
-def fingerprints(cfg: config_lib.Config) -> Dict[str, Fingerprint]:
+def fingerprints(cfg: config_lib.Config) -> Dict[str, phases.Fingerprint]:
   """Per phase kind, the flags its result depends on (runtime-only flags left out)."""
   train = {k: v for k, v in dataclasses.asdict(cfg.train).items() if k not in _RUNTIME_ONLY}
   predict = {"teacher_softmax_temp": cfg.predict.teacher_softmax_temp}
@@ -349,12 +343,13 @@ def run_pipeline(cfg: config_lib.Config, ctx: Optional[Context] = None
                  ) -> List[Dict[str, Any]]:
   """Runs (or resumes) the whole loop; returns the results table's rows, teacher first."""
   ctx = ctx or Context(cfg)
-  markers, fp = Markers(ctx.root), fingerprints(cfg)
+  markers, fp = phases.Markers(ctx.root), fingerprints(cfg)
   logging.info("Pipeline in %s: %s (finished earlier: %s)", ctx.root,
                ", ".join(plan(cfg)), ", ".join(markers.done()) or "none")
 
   def phase(name, fingerprint, fn, last=False):
-    return run_phase(markers, name, {**fp["data"], **fingerprint}, fn, redo_if_changed=last)
+    return phases.run_phase(markers, name, {**fp["data"], **fingerprint}, fn,
+                            redo_if_changed=last)
 
   def evaluated(label, model, name):
     # Redone rather than refused when the eval flags change: it only reads a model.

@@ -14,6 +14,7 @@ import pytest
 
 from noisy_student import ablations
 from noisy_student import config as config_lib
+from noisy_student import phases
 from noisy_student import pipeline
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -81,10 +82,10 @@ def _cfg(tmp_path, seeds=(0, 1), names=tuple(ablations.VARIANTS), iterations=2):
 
 
 def test_each_variant_changes_only_its_own_setting(tmp_path, monkeypatch):
-  phases = Phases(monkeypatch)
+  recorded = Phases(monkeypatch)
   cfg = _cfg(tmp_path)
   ablations.run_ablations(cfg)
-  seed0 = {k.split("/", 1)[1]: v for k, v in phases.trained.items() if k.startswith("0/")}
+  seed0 = {k.split("/", 1)[1]: v for k, v in recorded.trained.items() if k.startswith("0/")}
   assert sorted(seed0) == sorted(["teacher", "student_1", "student_2"] +
                                  [f"ablation_{n}" for n in ablations.VARIANTS])
   base = seed0["student_1"]
@@ -111,21 +112,21 @@ def test_each_variant_changes_only_its_own_setting(tmp_path, monkeypatch):
   # of the 905 pseudo-labels that pass the threshold, in a plan of its own.
   assert diff("balance") == {"filter.num_image": 91}
   assert diff("no_filter") == {"filter.min_threshold": 0.0}
-  plans = [p for f, p in phases.balanced if p]
+  plans = [p for f, p in recorded.balanced if p]
   assert sorted(os.path.basename(os.path.dirname(p)) for p in plans) == sorted(
       ["ablation_balance", "ablation_no_filter"] * 2)
   # Seeds reach the data split and the balancing; each seed has its own directory.
-  assert phases.trained["1/teacher"].data.seed == 1
-  assert phases.trained["1/teacher"].train.model_dir.endswith("abl/seed_1")
+  assert recorded.trained["1/teacher"].data.seed == 1
+  assert recorded.trained["1/teacher"].train.model_dir.endswith("abl/seed_1")
 
 
 def test_balance_variant_switches_balancing_off_when_the_run_balances(tmp_path,
                                                                       monkeypatch):
-  phases = Phases(monkeypatch)
+  recorded = Phases(monkeypatch)
   cfg = _cfg(tmp_path, seeds=(0,), names=("balance",), iterations=1)
   cfg = dataclasses.replace(cfg, filter=config_lib.FilterConfig(num_image=50))
   summary = ablations.run_ablations(cfg)
-  assert phases.trained["0/ablation_balance"].filter.num_image == 0
+  assert recorded.trained["0/ablation_balance"].filter.num_image == 0
   assert summary[-1]["description"] == "student without balancing"
 
 
@@ -211,7 +212,7 @@ def test_ablate_command_smoke(tmp_path):
     saved = json.load(f)
   assert [r["name"] for r in saved["summary"]] == ["teacher", "iteration_1", "no_noise"]
   assert all(r["seeds"] == [3] for r in saved["summary"])
-  done = pipeline.Markers(str(out / "seed_3")).done()
+  done = phases.Markers(str(out / "seed_3")).done()
   assert {"teacher", "student-1", "ablation_no_noise", "eval-ablation_no_noise"} <= set(done)
   with open(out / "seed_3" / "ablation_no_noise" / "build_config.json") as f:
     built = json.load(f)["model"]

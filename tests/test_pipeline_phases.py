@@ -10,6 +10,7 @@ import os
 import pytest
 
 from noisy_student import config as config_lib
+from noisy_student import phases
 from noisy_student import pipeline
 
 
@@ -81,7 +82,7 @@ def test_full_run_order_markers_and_results(tmp_path, monkeypatch, capsys):
   assert rec.calls == pipeline.plan(cfg)
   assert rec.calls[:6] == ["teacher", "eval-teacher", "predict-1", "balance-1",
                            "student-1", "eval-student-1"]
-  assert sorted(pipeline.Markers(cfg.train.model_dir).done()) == sorted(rec.calls)
+  assert sorted(phases.Markers(cfg.train.model_dir).done()) == sorted(rec.calls)
   assert [r["name"] for r in rows] == ["teacher", "student 1", "student 2", "fine-tuned"]
   with open(os.path.join(cfg.train.model_dir, "results.json")) as f:
     saved = json.load(f)
@@ -117,7 +118,7 @@ def test_deleted_markers_redo_only_those_phases(tmp_path, monkeypatch):
   cfg = _cfg(tmp_path)
   Recorder(monkeypatch)
   pipeline.run_pipeline(cfg)
-  markers = pipeline.Markers(cfg.train.model_dir)
+  markers = phases.Markers(cfg.train.model_dir)
   for name in ("student-2", "eval-student-2", "finetune", "eval-finetune", "export"):
     os.remove(markers.path(name))
   rec = Recorder(monkeypatch)
@@ -143,7 +144,7 @@ def test_changed_flags_of_a_finished_phase_are_refused(tmp_path, monkeypatch):
   changed = dataclasses.replace(
       cfg, train=dataclasses.replace(cfg.train, train_steps=cfg.train.train_steps + 1))
   rec = Recorder(monkeypatch)
-  with pytest.raises(pipeline.PhaseMismatchError,
+  with pytest.raises(phases.PhaseMismatchError,
                      match=r"phase teacher .*train.train_steps: 1000 -> 1001"):
     pipeline.run_pipeline(changed)
   assert rec.calls == []
@@ -170,6 +171,6 @@ def test_eval_and_export_modes_find_the_last_model_of_a_pipeline(tmp_path, monke
   pipeline.run_pipeline(cfg)
   root = cfg.train.model_dir
   assert pipeline.info_of(root)["path"].endswith("finetune/final.keras")
-  markers = pipeline.Markers(root)
+  markers = phases.Markers(root)
   os.remove(markers.path("finetune"))
   assert pipeline.info_of(root)["path"].endswith("student_2")

@@ -14,6 +14,7 @@ import tensorflow as tf
 import flags
 from noisy_student import config as config_lib
 from noisy_student import evaluate
+from noisy_student import phases
 from noisy_student import pipeline
 from noisy_student import robustness
 from noisy_student.train import checkpoints
@@ -161,7 +162,7 @@ def test_pipeline_evaluations_are_relative_to_the_teacher(tmp_path, monkeypatch)
   t = pipeline.evaluate_model(ctx, teacher, "teacher")
   assert t["mce"] == pytest.approx(100.0)  # The teacher is its own baseline.
   assert os.path.exists(t["robustness_report"])
-  pipeline.Markers(ctx.root).put("eval-teacher", {}, t, 1.0)
+  phases.Markers(ctx.root).put("eval-teacher", {}, t, 1.0)
   s = pipeline.evaluate_model(ctx, student, "student-1")
   theirs = robustness.read_report(t["robustness_report"])
   ours = robustness.read_report(s["robustness_report"])
