@@ -25,8 +25,8 @@ from absl import logging
 import numpy as np
 
 import efficientnet
+from noisy_student import atomic
 from noisy_student import config as config_lib
-from noisy_student import evaluate as evaluate_lib
 from noisy_student import phases
 from noisy_student import pipeline
 from noisy_student import plots
@@ -267,11 +267,11 @@ def write_summary(summary: Sequence[Row], per_seed: Dict[int, Dict[str, Row]],
   table = format_table(summary)
   print(table, flush=True)
   path = f"{root.rstrip('/')}/ablations.json"
-  evaluate_lib.write_text(path, json.dumps(
+  atomic.write_text(path, json.dumps(
       {"summary": list(summary), "table": table.splitlines(),
        "per_seed": {str(s): rows for s, rows in per_seed.items()}}, indent=1))
   plot(summary, f"{root.rstrip('/')}/ablations.png")
-  evaluate_lib.write_text(f"{root.rstrip('/')}/ablations.md", markdown_table(summary))
+  atomic.write_text(f"{root.rstrip('/')}/ablations.md", markdown_table(summary))
   logging.info("Ablations: %s and ablations.png", path)
   return path
 

@@ -11,7 +11,7 @@ import dataclasses
 import json
 from typing import Optional, Tuple
 
-import tensorflow as tf
+from noisy_student import atomic
 
 
 @dataclasses.dataclass(frozen=True)
@@ -186,10 +186,4 @@ class Config:
 
   def write(self, directory: str, name: str = "config.json") -> str:
     """Writes the resolved configuration into `directory` atomically; returns the path."""
-    tf.io.gfile.makedirs(directory)
-    path = f"{directory.rstrip('/')}/{name}"
-    tmp = path + ".tmp"
-    with tf.io.gfile.GFile(tmp, "w") as f:
-      f.write(self.to_json())
-    tf.io.gfile.rename(tmp, path, overwrite=True)
-    return path
+    return atomic.write_text(f"{directory.rstrip('/')}/{name}", self.to_json())

@@ -19,6 +19,7 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.core.framework import summary_pb2
 
+from noisy_student import atomic
 from noisy_student import plots
 
 
@@ -154,14 +155,6 @@ def evaluate(model: keras.Model, dataset: tf.data.Dataset, *,
                     confusion=confusion.tolist(), class_names=names, top_k=k)
 
 
-def write_text(path: str, text: str) -> None:
-  """Writes `text` to `path` (any tf.io.gfile path) via a temporary name."""
-  tmp = path + ".tmp"
-  with tf.io.gfile.GFile(tmp, "w") as f:
-    f.write(text)
-  tf.io.gfile.rename(tmp, path, overwrite=True)
-
-
 def plot_confusion(result: EvalResult, path: str, title: str = "") -> None:
   """Saves the row-normalised confusion matrix as a PNG (any tf.io.gfile path)."""
   plt = plots.pyplot()
@@ -202,7 +195,7 @@ def write_report(result: EvalResult, output_dir: str, *, name: str = "eval",
   """Writes `<name>.json`, `<name>_confusion.png` and TensorBoard scalars; returns the JSON."""
   tf.io.gfile.makedirs(output_dir)
   json_path = f"{output_dir.rstrip('/')}/{name}.json"
-  write_text(json_path, result.to_json())
+  atomic.write_text(json_path, result.to_json())
   plot_confusion(result, f"{output_dir.rstrip('/')}/{name}_confusion.png",
                  title=f"{name}: {result.summary()}")
   write_scalars(f"{output_dir.rstrip('/')}/{name}",
@@ -292,7 +285,7 @@ def write_results(rows: Sequence[dict], output_dir: str) -> str:
   table = format_table(rows)
   print(table, flush=True)
   path = f"{output_dir.rstrip('/')}/results.json"
-  write_text(path, json.dumps({"models": list(rows), "table": table.splitlines()},
+  atomic.write_text(path, json.dumps({"models": list(rows), "table": table.splitlines()},
                                indent=1))
   plot_results(rows, f"{output_dir.rstrip('/')}/results.png")
   logging.info("Results: %s and results.png", path)

@@ -16,6 +16,8 @@ from typing import Any, Callable, Dict, List, Optional
 from absl import logging
 import tensorflow as tf
 
+from noisy_student import atomic
+
 Fingerprint = Dict[str, Any]
 
 
@@ -58,14 +60,10 @@ class Markers:
 
   def put(self, name: str, fingerprint: Fingerprint, result: Dict[str, Any],
           seconds: float) -> None:
-    tf.io.gfile.makedirs(self.directory)
     payload = {"phase": name, "fingerprint": _plain(fingerprint), "result": _plain(result),
                "seconds": round(seconds, 1), "finished": time.strftime(
                    "%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    tmp = self.path(name) + ".tmp"
-    with tf.io.gfile.GFile(tmp, "w") as f:
-      f.write(json.dumps(payload, indent=1, sort_keys=True))
-    tf.io.gfile.rename(tmp, self.path(name), overwrite=True)
+    atomic.write_text(self.path(name), json.dumps(payload, indent=1, sort_keys=True))
 
   def done(self) -> List[str]:
     if not tf.io.gfile.isdir(self.directory):

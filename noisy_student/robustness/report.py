@@ -7,6 +7,7 @@ from typing import Any, Dict, List
 from absl import logging
 import tensorflow as tf
 
+from noisy_student import atomic
 from noisy_student import evaluate
 from noisy_student import plots
 from noisy_student.robustness import runner
@@ -99,7 +100,7 @@ def write_report(result: Dict[str, Any], output_dir: str, *, name: str,
   tf.io.gfile.makedirs(output_dir)
   prefix = f"{output_dir.rstrip('/')}/{name}"
   path = f"{prefix}_robustness.json"
-  evaluate.write_text(path, json.dumps(result, indent=1))
+  atomic.write_text(path, json.dumps(result, indent=1))
   if result["corruptions"]:
     plot_corruptions(result, f"{prefix}_corruptions.png")
   if result["perturbations"]:

@@ -23,6 +23,7 @@ from absl import logging
 import keras
 import tensorflow as tf
 
+from noisy_student import atomic
 from noisy_student.config import ModelConfig
 from noisy_student.train import ema as ema_lib
 
@@ -37,11 +38,7 @@ def _join(directory: str, name: str) -> str:
 
 def write_json_atomic(path: str, payload: Dict[str, Any]) -> None:
   """Writes JSON to path + '.tmp' then renames it over path."""
-  tf.io.gfile.makedirs(os.path.dirname(path) or ".")
-  tmp = path + ".tmp"
-  with tf.io.gfile.GFile(tmp, "w") as f:
-    f.write(json.dumps(payload, indent=2, sort_keys=True))
-  tf.io.gfile.rename(tmp, path, overwrite=True)
+  atomic.write_text(path, json.dumps(payload, indent=2, sort_keys=True))
 
 
 def read_json(path: str) -> Dict[str, Any]:
