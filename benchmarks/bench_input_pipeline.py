@@ -22,7 +22,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from noisy_student.config import DataConfig  # noqa: E402
-from noisy_student.data import pipeline  # noqa: E402
+from noisy_student.data import datasets  # noqa: E402
 from noisy_student.data import sources  # noqa: E402
 
 
@@ -51,7 +51,7 @@ def _build_model(image_size: int) -> tuple:
 def pipeline_images_per_sec(root: str, args) -> float:
   source = sources.open_source(f"imagefolder:{root}")
   cfg = DataConfig(randaug_mag=args.magnitude, shuffle_buffer=256)
-  ds = pipeline.labeled_train_dataset(source, image_size=args.image_size,
+  ds = datasets.labeled_train_dataset(source, image_size=args.image_size,
                                       batch_size=args.batch_size, config=cfg)
   it = iter(ds)
   for _ in range(2):  # Warm-up: tracing, graph optimisation, autotuning.

@@ -4,21 +4,37 @@
     model = efficientnet.build_model("efficientnet-b0", num_classes=10)
     logits = model(images_0_to_255, training=False)  # float32 [batch, 10]
 
-See docs/efficientnet.md. Importing the package registers `StochasticDepth` with Keras,
-so `keras.models.load_model` reads our `.keras` files after a plain `import efficientnet`.
+See docs/efficientnet.md. The model table (`MODEL_NAMES`, `get_model_params`,
+`native_resolution`) is plain Python and loads without TensorFlow, so a command line
+can check a model name in milliseconds; the Keras parts load on first use. Any of them
+(e.g. `efficientnet.build_model`, or `import efficientnet.layers`) registers
+`StochasticDepth` with Keras, which `keras.models.load_model` needs for our `.keras` files.
 """
-from efficientnet.convert import from_keras_applications
-from efficientnet.convert import load_keras_applications_weights
-from efficientnet.layers import StochasticDepth
-from efficientnet.model import build_model
+import importlib
+
 from efficientnet.params import MODEL_NAMES
 from efficientnet.params import ModelParams
 from efficientnet.params import get_model_params
 from efficientnet.params import native_resolution
 from efficientnet.table import model_cost
 
-__all__ = [
-    "MODEL_NAMES", "ModelParams", "StochasticDepth", "build_model",
-    "from_keras_applications", "get_model_params", "load_keras_applications_weights",
-    "model_cost", "native_resolution",
-]
+# Name -> module of the parts that import Keras (PEP 562: loaded on first access).
+_KERAS_PARTS = {
+    "StochasticDepth": "efficientnet.layers",
+    "build_model": "efficientnet.model",
+    "from_keras_applications": "efficientnet.convert",
+    "load_keras_applications_weights": "efficientnet.convert",
+}
+
+__all__ = ["MODEL_NAMES", "ModelParams", "get_model_params", "model_cost",
+           "native_resolution", *_KERAS_PARTS]
+
+
+def __getattr__(name: str):
+  if name in _KERAS_PARTS:
+    return getattr(importlib.import_module(_KERAS_PARTS[name]), name)
+  raise AttributeError(f"module 'efficientnet' has no attribute {name!r}")
+
+
+def __dir__():
+  return sorted(__all__)

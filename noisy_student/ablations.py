@@ -18,93 +18,21 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 from absl import logging
 import numpy as np
 
-import efficientnet
 from noisy_student import atomic
 from noisy_student import config as config_lib
 from noisy_student import phases
 from noisy_student import pipeline
 from noisy_student import plots
+from noisy_student.ablation_variants import VARIANTS, replace
+from noisy_student.results import BalancedPseudoLabels, Evaluation, TrainedModel
 
 Config = config_lib.Config
 Row = Dict[str, Any]
-
-
-def _replace(cfg: Config, **groups: Dict[str, Any]) -> Config:
-  """cfg with fields of its groups replaced: _replace(cfg, model={"dropout_rate": 0})."""
-  return dataclasses.replace(cfg, **{
-      group: dataclasses.replace(getattr(cfg, group), **changes)
-      for group, changes in groups.items()})
-
-
-def _scaled(cfg: Config) -> Config:
-  """A student `larger_scale` times the teacher's width and depth (same resolution)."""
-  table = efficientnet.get_model_params(cfg.model.model_name)
-  scale = cfg.ablation.larger_scale
-  width = cfg.model.width_coefficient or table.width_coefficient
-  depth = cfg.model.depth_coefficient or table.depth_coefficient
-  return _replace(cfg, model={"width_coefficient": width * scale,
-                              "depth_coefficient": depth * scale})
-
-
-def _balance_flipped(cfg: Config, totals: Dict[str, int], num_classes: int) -> Config:
-  """Balancing switched: off when the run balances; else on, with the mean per-class
-  count of the pseudo-labels that pass the threshold as the target."""
-  if cfg.filter.num_image:
-    return _replace(cfg, filter={"num_image": 0})
-  target = max(1, math.ceil(totals["kept_unique"] / num_classes))
-  return _replace(cfg, filter={"num_image": target, "upsample": True})
-
-
-@dataclasses.dataclass(frozen=True)
-class Variant:
-  """A student trained like the iteration-1 student but for `change`."""
-  description: str
-  paper: str  # The paper's corresponding finding (REFERENCE.md), for the results page.
-  change: Callable[[Config, Dict[str, int], int], Config]
-  rebalances: bool = False  # Its own balance plan over the iteration-1 pseudo-labels.
-
-
-_NO_INPUT_NOISE = {"augment_name": None, "cutout": False}
-
-# One table of the variants; `teacher` and `iteration_<i>` come from the main arm.
-VARIANTS: Dict[str, Variant] = {
-    "no_noise": Variant(
-        "student without noise (no RandAugment, dropout, stochastic depth)",
-        "removing the student's noise loses most of the gain",
-        lambda cfg, *_: _replace(cfg, data=_NO_INPUT_NOISE,
-                                 model={"dropout_rate": 0.0, "stochastic_depth_rate": 0.0})),
-    "no_randaugment": Variant(
-        "student without RandAugment", "each noise contributes",
-        lambda cfg, *_: _replace(cfg, data=_NO_INPUT_NOISE)),
-    "no_dropout": Variant(
-        "student without dropout", "each noise contributes",
-        lambda cfg, *_: _replace(cfg, model={"dropout_rate": 0.0})),
-    "no_stochastic_depth": Variant(
-        "student without stochastic depth", "each noise contributes",
-        lambda cfg, *_: _replace(cfg, model={"stochastic_depth_rate": 0.0})),
-    "hard_labels": Variant(
-        "hard (one-hot) pseudo-labels instead of soft",
-        "soft labels beat hard ones for out-of-domain unlabeled data; in-domain they are close",
-        lambda cfg, *_: _replace(cfg, train={"teacher_softmax_temp": -1.0})),
-    "balance": Variant(
-        "balancing switched (on with the mean class count as target, or off)",
-        "balancing helps, most for small models",
-        _balance_flipped, rebalances=True),
-    "no_filter": Variant(
-        "no confidence filter (every pseudo-label kept)",
-        "filtering low-confidence pseudo-labels helps in-domain",
-        lambda cfg, *_: _replace(cfg, filter={"min_threshold": 0.0}), rebalances=True),
-    "larger_student": Variant(
-        "larger student (width and depth x --ablation_larger_scale)",
-        "a larger student helps",
-        lambda cfg, *_: _scaled(cfg)),
-}
 
 
 def seed_config(cfg: Config, seed: int) -> Config:
@@ -112,18 +40,18 @@ def seed_config(cfg: Config, seed: int) -> Config:
   --student_model_names says), no fine-tune or export."""
   student = cfg.model.model_name
   return dataclasses.replace(
-      _replace(cfg, data={"seed": seed}, filter={"seed": seed},
+      replace(cfg, data={"seed": seed},
                train={"model_dir": f"{cfg.train.model_dir.rstrip('/')}/seed_{seed}"},
                pipeline={"finetune": False, "export_at_end": False,
                          "student_unlabel_ratios": cfg.pipeline.student_unlabel_ratios[:1]}),
       student_model_names=(student,) * cfg.ablation.iterations)
 
 
-def _variant_row(ctx: pipeline.Context, name: str, balanced: Dict[str, Any]) -> Row:
+def _variant_row(ctx: pipeline.Context, name: str, balanced: BalancedPseudoLabels) -> Row:
   """Trains and evaluates variant `name` of one seed (both resumable phases)."""
   base = ctx.cfg
   num_classes = len(ctx.class_names)
-  vcfg = VARIANTS[name].change(base, balanced.get("totals") or {}, num_classes)
+  vcfg = VARIANTS[name].change(base, balanced.totals, num_classes)
   vctx = ctx.derive(vcfg)
   markers = phases.Markers(ctx.root)
   fp = pipeline.fingerprints(vcfg)
@@ -133,16 +61,19 @@ def _variant_row(ctx: pipeline.Context, name: str, balanced: Dict[str, Any]) -> 
   if VARIANTS[name].rebalances:
     balanced = phases.run_phase(
         markers, f"balance-{directory}", fingerprint,
-        lambda: pipeline.balance_pseudo_labels(vctx, {"output_dir": balanced["output_dir"]},
-                                               plan_dir=ctx.path(directory, "plan")))
+        lambda: pipeline.balance_pseudo_labels(vctx, balanced.output_dir,
+                                               plan_dir=ctx.path(directory, "plan")),
+        BalancedPseudoLabels)
   student = base.student_model_names[0]
   ratio = pipeline.student_ratio(base, 1)
   model = phases.run_phase(
       markers, directory, fingerprint,
-      lambda: pipeline.train_student(vctx, 1, student, ratio, balanced, directory))
+      lambda: pipeline.train_student(vctx, 1, student, ratio, balanced, directory),
+      TrainedModel)
   result = phases.run_phase(
       markers, f"eval-{directory}", {"model": model, **fp["eval"]},
-      lambda: pipeline.evaluate_model(vctx, model, directory), redo_if_changed=True)
+      lambda: pipeline.evaluate_model(vctx, model, directory), Evaluation,
+      redo_if_changed=True)
   return pipeline.result_row(name, model, result)
 
 
@@ -152,7 +83,8 @@ def run_seed(ctx: pipeline.Context, names: Sequence[str]) -> Dict[str, Row]:
   out = {"teacher": dict(rows[0], name="teacher")}
   for i, row in enumerate(rows[1:], start=1):
     out[f"iteration_{i}"] = dict(row, name=f"iteration_{i}")
-  balanced = phases.Markers(ctx.root).get("balance-1")["result"]
+  balanced = BalancedPseudoLabels.from_json(
+      phases.Markers(ctx.root).get("balance-1")["result"])
   for name in names:
     out[name] = _variant_row(ctx, name, balanced)
   return out
@@ -279,10 +211,7 @@ def write_summary(summary: Sequence[Row], per_seed: Dict[int, Dict[str, Row]],
 def run_ablations(cfg: Config, ctx: Optional[pipeline.Context] = None) -> List[Row]:
   """Every seed's main arm and variants (resumable), then the summary; returns it."""
   ctx = ctx or pipeline.Context(cfg)
-  names = list(cfg.ablation.ablations)
-  unknown = [n for n in names if n not in VARIANTS]
-  if unknown:
-    raise ValueError(f"--ablations: unknown {unknown}; known: {', '.join(VARIANTS)}")
+  names = list(cfg.ablation.ablations)  # Known names: checks.check(cfg) saw to that.
   per_seed = {}
   for seed in cfg.ablation.seeds:
     logging.info("Ablations: seed %d of %s", seed, list(cfg.ablation.seeds))

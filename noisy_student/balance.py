@@ -27,6 +27,7 @@ import numpy as np
 import tensorflow as tf
 
 from noisy_student import plots
+from noisy_student import settings
 from noisy_student.config import FilterConfig
 from tfrecords import format as fmt
 from tfrecords import plan as plan_lib
@@ -100,10 +101,11 @@ def _read_small_fields(paths: Sequence[str], seed: int) -> Dict[str, np.ndarray]
   return {k: np.concatenate(v) if v else np.zeros([0]) for k, v in parts.items()}
 
 
-def exact_plan(paths: Sequence[str], num_classes: int,
-               cfg: FilterConfig) -> List[Dict[str, Any]]:
-  """Per-class exact top-K entries (threshold, tie_hash, copies, count)."""
-  f = _read_small_fields(paths, cfg.seed)
+def exact_plan(paths: Sequence[str], num_classes: int, cfg: FilterConfig,
+               seed: int = 0) -> List[Dict[str, Any]]:
+  """Per-class exact top-K entries (threshold, tie_hash, copies, count); `seed` breaks
+  ties between equal confidences."""
+  f = _read_small_fields(paths, seed)
   entries = []
   for c in range(num_classes):
     mask = (f["c"] == c) & (f["x"] >= np.float32(cfg.min_threshold))
@@ -156,9 +158,9 @@ def write_plot(path: str, names: Sequence[str], before: np.ndarray, after: np.nd
   plots.save_figure(fig, path)
 
 
-def _report(cfg: FilterConfig, mode: str, names: Sequence[str], before: np.ndarray,
-            entries: Sequence[Dict[str, Any]], counted: Dict[str, np.ndarray],
-            corrupt: int) -> Dict[str, Any]:
+def _report(cfg: FilterConfig, seed: int, mode: str, names: Sequence[str],
+            before: np.ndarray, entries: Sequence[Dict[str, Any]],
+            counted: Dict[str, np.ndarray], corrupt: int) -> Dict[str, Any]:
   per_class = []
   for c, name in enumerate(names):
     kept, after = int(counted["kept"][c]), int(counted["copies"][c])
@@ -171,37 +173,37 @@ def _report(cfg: FilterConfig, mode: str, names: Sequence[str], before: np.ndarr
   totals = {k: int(sum(p[k] for p in per_class))
             for k in ("before", "kept_unique", "after", "duplicates", "dropped")}
   return {"mode": mode, "min_threshold": cfg.min_threshold, "num_image": cfg.num_image,
-          "upsample": cfg.upsample, "seed": cfg.seed, "corrupt_skipped": corrupt,
+          "upsample": cfg.upsample, "seed": seed, "corrupt_skipped": corrupt,
           "totals": totals, "per_class": per_class}
 
 
 def balance(pseudo_dir: str, filter_cfg: FilterConfig, *, output_dir: Optional[str] = None,
-            class_names: Optional[Sequence[str]] = None) -> BalanceResult:
+            class_names: Optional[Sequence[str]] = None, seed: int = 0) -> BalanceResult:
   """Computes the balance plan of a predict output directory; writes plan, report, plot.
 
   Args:
     pseudo_dir: predict's output directory (every worker's shards must be complete).
-    filter_cfg: min_threshold, num_image (0: no balancing), upsample, exact_topk, seed.
+    filter_cfg: min_threshold, num_image (0: no balancing), upsample, exact_topk.
     output_dir: where balance_plan.json, balance_report.json and balance_counts.png go
       (default pseudo_dir).
     class_names: names for the report (default: predict's class_names.json).
+    seed: of the stochastic rounding of copies and of ties (the run's --seed).
   Returns:
     BalanceResult with the three paths and the report dict. The report's "after" counts
     are measured by one pass over the records' small fields (not estimated).
   """
-  if not 0.0 <= filter_cfg.min_threshold <= 1.0 or filter_cfg.num_image < 0:
-    raise ValueError(f"min_threshold={filter_cfg.min_threshold} must be in [0, 1] and "
-                     f"num_image={filter_cfg.num_image} >= 0")
+  settings.require(filter_cfg)
   pseudo_dir = pseudo_dir.rstrip("/")
   manifests = fmt.list_manifests(pseudo_dir)
   fmt.check_complete(manifests, pseudo_dir)
   num_classes = int(manifests[0]["num_classes"])
   names = _class_names(pseudo_dir, num_classes, class_names)
   if filter_cfg.exact_topk:
-    mode, entries = "exact", exact_plan([m["path"] for m in manifests], num_classes, filter_cfg)
+    mode, entries = "exact", exact_plan([m["path"] for m in manifests], num_classes, filter_cfg,
+                                       seed)
   else:
     mode, entries = "histogram", histogram_plan(merge_histograms(manifests), filter_cfg)
-  plan = {"version": plan_lib.PLAN_VERSION, "mode": mode, "seed": filter_cfg.seed,
+  plan = {"version": plan_lib.PLAN_VERSION, "mode": mode, "seed": seed,
           "min_threshold": filter_cfg.min_threshold, "num_image": filter_cfg.num_image,
           "num_bins": int(manifests[0]["num_bins"]), "classes": entries,
           "fingerprint_digest": manifests[0]["fingerprint_digest"]}
@@ -211,7 +213,7 @@ def balance(pseudo_dir: str, filter_cfg: FilterConfig, *, output_dir: Optional[s
   fmt.write_json_atomic(plan_path, plan)
   counted = plan_lib.count_copies(pseudo_dir, plan, num_classes)
   before = np.sum([m["class_counts"] for m in manifests], axis=0)
-  report = _report(filter_cfg, mode, names, before, entries, counted,
+  report = _report(filter_cfg, seed, mode, names, before, entries, counted,
                    sum(m["skipped_count"] for m in manifests))
   report_path, plot_path = f"{out}/balance_report.json", f"{out}/balance_counts.png"
   fmt.write_json_atomic(report_path, report)

@@ -1,174 +1,366 @@
-"""The resolved configuration of a run: frozen dataclasses, one per flag group.
+"""Every setting of a run, declared once: frozen dataclasses, one per concern.
 
-Only the entry point (`noisy_student.main`) reads absl flags; it turns them into a
-`Config` (see `flags/`) and hands the pieces below to library code. Library code never
-imports absl `FLAGS`. Field names follow the original noisystudent flags where they mean
-the same thing, so its users recognise them.
+Each field is declared with `settings.setting` (default, help, check, and the command-line
+name where it differs), and from that one declaration follow the absl flag (`flags/`),
+the value library code receives, and its range check. `Config.problems()` adds the
+checks that involve several settings; it runs before TensorFlow loads and is shared by
+the command line and the Python API (`Config.check()` raises). Names follow the original
+noisystudent flags where they mean the same thing, so its users recognise them; only the
+entry point (`noisy_student.main`) reads absl flags.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
-from typing import Optional, Tuple
+import os
+import re
+from typing import List, Optional, Tuple
 
 from noisy_student import atomic
+from noisy_student import settings
+from noisy_student.settings import (at_least, distinct, each, greater, in_range, non_empty,
+                                    setting)
+
+MODES = ("train", "predict", "filter", "eval", "export", "pipeline", "ablate")
+LOOP_MODES = ("pipeline", "ablate")  # Modes that run the whole teacher -> student loop.
+STRATEGIES = ("auto", "default", "one_device", "mirrored", "multi_worker", "tpu")
+DTYPE_POLICIES = ("float32", "mixed_bfloat16", "mixed_float16")
+# The students' unlabeled:labeled batch ratio when --unlabel_ratio is unset in the loop
+# modes: the embedded digits demo's value (the paper: 1 to 28, larger models take more;
+# the SVHN example: 5).
+DEFAULT_STUDENT_UNLABEL_RATIO = 3.0
+HARD_LABELS = -1.0  # teacher_softmax_temp value meaning "one-hot argmax pseudo-labels".
+# Total stride of EfficientNet's stem + stages; smaller inputs collapse to 1x1 maps long
+# before the head, which 'same' padding hides but which cannot learn anything useful.
+MIN_IMAGE_SIZE = 32
+
+
+def _image_size(size: int):
+  return (None if size >= MIN_IMAGE_SIZE else f"EfficientNet takes images of at least "
+          f"{MIN_IMAGE_SIZE} pixels (its total stride is 32)")
+
+
+def _temperature(t: float):
+  return None if t == HARD_LABELS or t > 0 else "must be > 0, or -1 for hard labels"
+
+
+_SOURCE_HELP = (
+    "A source: digits:labeled|unlabeled|test (embedded), tfds:NAME:SPLIT (from "
+    "--tfds_data_dir), a folder of class sub-folders, a folder of images, or TFRecords "
+    "(directory or file pattern; local or gs://).")
+
+
+def normalize_model_name(name: str) -> str:
+  """'b0' / 'B0' / 'efficientnet-b0' -> 'efficientnet-b0'; other names pass through."""
+  name = name.strip().lower()
+  if re.fullmatch(r"b\d|l2|test", name):
+    return "efficientnet-" + name
+  return name
+
+
+def _normalize(obj, name: str) -> None:
+  """Normalises the model name(s) in field `name` of a frozen dataclass, in place."""
+  value = getattr(obj, name)
+  if isinstance(value, str):
+    object.__setattr__(obj, name, normalize_model_name(value))
+  elif isinstance(value, (tuple, list)):
+    object.__setattr__(obj, name, tuple(normalize_model_name(v) for v in value))
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
   """Which network to build (see `efficientnet.build_model`)."""
-  model_name: str = "efficientnet-b0"
-  num_label_classes: int = 1000
-  input_image_size: Optional[int] = None  # None: the model's native resolution.
-  dropout_rate: Optional[float] = None  # None: the model table's rate.
-  stochastic_depth_rate: float = 0.2  # Last block's drop rate (the original's drop_connect).
-  small_image: bool = False  # The original's 32-pixel variant (stride 1 in stages 2, 3).
-  width_coefficient: Optional[float] = None
-  depth_coefficient: Optional[float] = None
-  sync_batch_norm: bool = False  # Cross-replica batch norm (set when replicas > 1).
-  dtype_policy: str = "float32"  # "float32", "mixed_bfloat16" (TPU) or "mixed_float16".
+  model_name: str = setting(
+      "efficientnet-b0", "The teacher's model (and the student's in --mode=train): "
+      "efficientnet-b0..b8, efficientnet-l2 or efficientnet-test; 'b0' is short for "
+      "efficientnet-b0.")
+  num_label_classes: Optional[int] = setting(
+      None, "Number of classes; unset: taken from the labeled data.", check=greater(0))
+  input_image_size: Optional[int] = setting(
+      None, "Training and eval resolution; unset: the model's native resolution.",
+      check=_image_size)
+  dropout_rate: Optional[float] = setting(
+      None, "Dropout before the classifier; unset: the model table's.",
+      check=in_range(0, 1, high_open=True))
+  stochastic_depth_rate: float = setting(
+      0.2, "Drop rate of the last block (the original's drop_connect_rate); 0 disables.",
+      check=in_range(0, 1, high_open=True))
+  small_image: bool = setting(
+      False, "The original's 32-pixel variant: stride 1 in the 2nd and 3rd stages.")
+  width_coefficient: Optional[float] = setting(
+      None, "Overrides the model table's width.", check=greater(0))
+  depth_coefficient: Optional[float] = setting(
+      None, "Overrides the model table's depth.", check=greater(0))
+  sync_batch_norm: bool = setting(
+      False, "Cross-replica batch norm (always on with more than one replica).")
+  dtype_policy: Optional[str] = setting(
+      None, "Keras dtype policy; unset: mixed_bfloat16 with --use_bfloat16 "
+      "(mixed_float16 on GPUs), else float32.", choices=DTYPE_POLICIES)
+
+  def __post_init__(self):
+    _normalize(self, "model_name")
 
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
-  """Where images come from and how they are preprocessed.
-
-  A source spec is one of: "digits:labeled" / "digits:unlabeled" / "digits:test" (the
-  embedded default), "tfds:NAME:SPLIT" (read from `tfds_data_dir`), a folder of class
-  sub-folders (labeled), a folder of images (unlabeled), or TFRecord files given as a
-  directory or a file pattern (local or gs://).
-  """
-  label_data_dir: str = "digits:labeled"
-  unlabel_data_dir: str = "digits:unlabeled"
-  eval_data_dir: str = "digits:test"
-  tfds_data_dir: Optional[str] = None
-  label_offset: int = 0  # 1 for ImageNet-style TFRecords whose labels start at 1.
-  random_flip: bool = True  # Off where flipping changes the class (digits, letters).
-  augment_name: Optional[str] = "v1"  # "v1" = RandAugment; None = no input noise.
-  randaug_layer: int = 2
-  randaug_mag: float = 27.0
-  cutout: bool = True  # The 32-pixel path's extra cutout after RandAugment (original SVHN).
-  cutout_op: bool = False  # Add Cutout to RandAugment's op list (the original's cutout_op).
-  seed: int = 0
-  shuffle_buffer: int = 10_000
-  digits_num_labeled: int = 500  # Embedded default split sizes (digits has 1797 images).
-  digits_num_test: int = 400
+  """Where images come from and how they are preprocessed."""
+  label_data_dir: str = setting("digits:labeled", "Labeled data. " + _SOURCE_HELP)
+  unlabel_data_dir: str = setting(
+      "digits:unlabeled", "Unlabeled data (labels, if any, are ignored). " + _SOURCE_HELP)
+  eval_data_dir: str = setting("digits:test", "Evaluation data. " + _SOURCE_HELP)
+  tfds_data_dir: Optional[str] = setting(
+      None, "tensorflow-datasets data_dir (prepared beforehand; nothing downloads).")
+  label_offset: int = setting(
+      0, "Subtracted from stored labels: 1 for ImageNet TFRecords (1-based).",
+      check=at_least(0))
+  random_flip: bool = setting(
+      True, "Random horizontal flip in training (off for digits and letters).")
+  augment_name: Optional[str] = setting(
+      "v1", "Input noise: 'v1' = RandAugment (the original's), 'none' = off.",
+      choices=("v1", None))
+  randaug_layer: int = setting(2, "RandAugment ops per image (N).", check=at_least(0))
+  randaug_mag: float = setting(27.0, "RandAugment magnitude (M; 10 = max level).",
+                               check=at_least(0))
+  cutout_op: bool = setting(
+      False, "Add Cutout to RandAugment's op list (the original's cutout_op).")
+  small_image_cutout: bool = setting(
+      True, "With --small_image: the original SVHN path's extra cutout after RandAugment.")
+  seed: int = setting(
+      0, "Seed of the data split (digits), order, augmentation, balancing and the "
+      "robustness report's corruptions.")
+  shuffle_buffer: int = setting(10_000, "Shuffle buffer (records).", check=at_least(0))
+  digits_num_labeled: int = setting(500, "Embedded digits: labeled images.",
+                                    check=greater(0))
+  digits_num_test: int = setting(400, "Embedded digits: test images.", check=greater(0))
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
   """Teacher or student training."""
-  model_dir: str = "runs/default"
-  train_batch_size: int = 128
-  train_steps: int = 1000
-  unlabel_ratio: float = 0.0  # 0: supervised (teacher); > 0: student.
-  teacher_softmax_temp: float = 1.0  # -1: hard (one-hot argmax) pseudo-labels.
-  label_smoothing: float = 0.1
-  weight_decay: float = 1e-5  # On sum(w^2)/2 of non-batch-norm weights, as the original.
-  moving_average_decay: float = 0.9999  # 0 disables the EMA of weights.
-  optimizer: str = "rmsprop"  # "rmsprop" (original), "sgd", "adamw".
-  lr_schedule: str = "exponential"  # "exponential" (original staircase) or "cosine".
-  base_learning_rate: float = 0.016  # Per 256 images; scaled by batch / 256.
-  final_base_lr: Optional[float] = None
-  warmup_epochs: float = 5.0
-  lr_decay_epochs: float = 2.4
-  lr_decay_factor: float = 0.97
-  num_train_images: Optional[int] = None  # Defines an "epoch" for the schedule.
-  save_checkpoints_steps: int = 1000
-  keep_checkpoint_max: int = 5
-  iterations_per_loop: int = 100  # Steps per execution (one host round trip).
-  log_every_n_steps: int = 100
-  init_model_path: Optional[str] = None  # Start from this checkpoint instead of scratch.
-  teacher_model_name: Optional[str] = None  # On-the-fly teacher (original's mode).
-  teacher_model_path: Optional[str] = None
-  pseudo_label_dir: Optional[str] = None  # Output of the predict/filter phases.
+  model_dir: str = setting(
+      "runs/default", "Where checkpoints, summaries, results and the resolved config go "
+      "(local or gs://). In --mode=pipeline, each phase gets a sub-folder.")
+  train_batch_size: int = setting(128, "Global labeled batch size.", check=greater(0))
+  train_steps: int = setting(1000, "Training steps (students).", check=greater(0))
+  unlabel_ratio: Optional[float] = setting(
+      None, "Unlabeled batch = ceil(unlabel_ratio x train_batch_size); 0 = supervised. "
+      f"Unset: 0 in --mode=train (a teacher), {DEFAULT_STUDENT_UNLABEL_RATIO:g} for the "
+      "students of --mode=pipeline.", check=at_least(0))
+  teacher_softmax_temp: float = setting(
+      1.0, "Soft pseudo-label temperature; -1 = hard (one-hot argmax) labels.",
+      check=_temperature)
+  label_smoothing: float = setting(0.1, "On labeled (and hard) targets.",
+                                   check=in_range(0, 1, high_open=True))
+  weight_decay: float = setting(
+      1e-5, "Times sum(w^2)/2 over non-batch-norm weights, as the original.",
+      check=at_least(0))
+  moving_average_decay: float = setting(
+      0.9999, "EMA of weights (eval, predict, export use it); 0 disables.",
+      check=in_range(0, 1, high_open=True))
+  optimizer: str = setting("rmsprop", "rmsprop is the original's.",
+                           choices=("rmsprop", "sgd", "adamw"))
+  lr_schedule: str = setting("exponential",
+                             "exponential = the original's staircase decay.",
+                             choices=("exponential", "cosine"))
+  base_learning_rate: float = setting(
+      0.016, "Learning rate per 256 images (scaled by batch / 256).", check=greater(0))
+  final_base_lr: Optional[float] = setting(
+      None, "If set (per 256 images, like --base_learning_rate), the staircase period is "
+      "stretched so the rate reaches about this (scaled by batch / 256) at the last "
+      "step; replaces --lr_decay_epochs, as in the original.", check=greater(0))
+  warmup_epochs: float = setting(5.0, "Linear warm-up.", check=at_least(0))
+  lr_decay_epochs: float = setting(2.4, "Staircase period.", check=greater(0))
+  lr_decay_factor: float = setting(0.97, "Staircase factor.",
+                                   check=in_range(0, 1, high_open=True))
+  num_train_images: Optional[int] = setting(
+      None, "Images per epoch for the schedule; unset: the labeled count.",
+      check=greater(0))
+  save_checkpoints_steps: int = setting(1000, "Checkpoint period (steps).",
+                                        check=greater(0))
+  keep_checkpoint_max: int = setting(5, "Checkpoints kept.", check=greater(0))
+  iterations_per_loop: int = setting(100, "Steps per execution (one host round trip).",
+                                     check=greater(0))
+  log_every_n_steps: int = setting(100, "Progress line period.", check=greater(0))
+  init_model_path: Optional[str] = setting(
+      None, "Start from this checkpoint (file or model_dir) instead of scratch.")
+  teacher_model_name: Optional[str] = setting(
+      None, "On-the-fly teacher's model name (the original's mode).")
+  teacher_model_path: Optional[str] = setting(
+      None, "On-the-fly teacher's model_dir (--mode=train with unlabel_ratio > 0).")
+  pseudo_label_dir: Optional[str] = setting(
+      None, "Pseudo-labels written by --mode=predict/filter (student training).")
+
+  def __post_init__(self):
+    if self.teacher_model_name:
+      _normalize(self, "teacher_model_name")
 
 
 @dataclasses.dataclass(frozen=True)
 class DistributeConfig:
   """Which tf.distribute strategy to run under."""
-  strategy: str = "auto"  # auto, default, mirrored, multi_worker, tpu.
-  use_tpu: bool = False
-  tpu: Optional[str] = None
-  tpu_zone: Optional[str] = None
-  gcp_project: Optional[str] = None
-  use_bfloat16: bool = False
+  strategy: str = setting(
+      "auto", "tf.distribute strategy; auto: tpu with --use_tpu, multi_worker with "
+      "TF_CONFIG, mirrored with several GPUs, else default.", choices=STRATEGIES)
+  use_tpu: bool = setting(False, "Run on a Cloud TPU (needs gs:// paths).")
+  tpu: Optional[str] = setting(None, "TPU name or grpc:// address ('local' on a TPU VM).")
+  tpu_zone: Optional[str] = setting(None, "GCE zone of the TPU.")
+  gcp_project: Optional[str] = setting(None, "GCP project of the TPU.")
+  use_bfloat16: bool = setting(False, "Mixed bfloat16 precision (TPU).")
+
+  def tf_config_workers(self) -> int:
+    """Number of workers the TF_CONFIG environment variable describes (0 when unset)."""
+    raw = os.environ.get("TF_CONFIG")
+    if not raw:
+      return 0
+    try:
+      cluster = json.loads(raw).get("cluster", {})
+    except json.JSONDecodeError as e:
+      raise ValueError(f"TF_CONFIG is not valid JSON ({e}): {raw[:200]}") from e
+    return len(cluster.get("worker", [])) + len(cluster.get("chief", []))
+
+  def multi_worker(self) -> bool:
+    """Whether this run trains across machines (explicitly, or "auto" with TF_CONFIG)."""
+    return self.strategy == "multi_worker" or (
+        self.strategy == "auto" and not (self.use_tpu or self.tpu) and
+        self.tf_config_workers() > 1)
 
 
 @dataclasses.dataclass(frozen=True)
 class PredictConfig:
   """The un-noised teacher labelling the unlabeled source."""
-  predict_ckpt_path: Optional[str] = None
-  output_dir: str = "runs/default/pseudo"
-  eval_batch_size: int = 256
-  num_shards: int = 128  # Shards per worker.
-  worker_index: int = 0
-  num_workers: int = 1
-  teacher_softmax_temp: float = 1.0  # -1: store hard labels.
+  predict_ckpt_path: Optional[str] = setting(
+      None, "Teacher model_dir for --mode=predict; unset: --model_dir.")
+  output_dir: Optional[str] = setting(
+      None, "Where pseudo-label shards go; unset: <model_dir>/pseudo.")
+  eval_batch_size: int = setting(256, "Batch size of prediction and evaluation.",
+                                 check=greater(0))
+  num_shards: int = setting(128, "Output shards per worker.", check=at_least(1))
+  worker_index: int = setting(0, "This worker's index among --num_workers.",
+                              aliases=("worker_id",), check=at_least(0))
+  num_workers: int = setting(1, "Workers splitting the unlabeled data (any count).",
+                             aliases=("total_replicas",), check=at_least(1))
+  teacher_softmax_temp: float = 1.0  # Copied from TrainConfig's (see flags.to_config).
+
+  def problems(self) -> List[str]:
+    if 0 <= self.worker_index < self.num_workers:
+      return []
+    return [f"--worker_index={self.worker_index}: must be in [0, --num_workers="
+            f"{self.num_workers})"]
 
 
 @dataclasses.dataclass(frozen=True)
 class FilterConfig:
   """Confidence filtering and per-class balancing of pseudo-labels."""
-  min_threshold: float = 0.3
-  num_image: int = 0  # Target per class; 0 keeps every record that passes the threshold.
-  upsample: bool = True  # Duplicate classes short of num_image.
-  exact_topk: bool = False  # Exact per-class top-K (data must fit in memory).
-  seed: int = 0
+  min_threshold: float = setting(
+      0.3, "Drop pseudo-labels whose confidence is below this (paper: 0.3).",
+      check=in_range(0, 1))
+  num_image: int = setting(
+      0, "Target images per class (paper: 130000); 0 keeps all that pass.",
+      check=at_least(0))
+  upsample: bool = setting(True, "Duplicate classes short of --num_image.")
+  exact_topk: bool = setting(False, "Exact per-class top-K (records must fit in memory).")
 
 
 @dataclasses.dataclass(frozen=True)
 class ExportConfig:
-  export_dir: Optional[str] = None
-  top_k: int = 5
+  """The SavedModel for serving."""
+  export_dir: Optional[str] = setting(
+      None, "SavedModel destination; unset: <model_dir>/export.")
+  top_k: int = setting(5, "Class names returned per image by the export.",
+                       check=at_least(1))
 
 
 @dataclasses.dataclass(frozen=True)
 class PipelineConfig:
-  """The `--mode=pipeline` loop: teacher -> students -> optional fine-tune -> export.
-
-  The students' model names live in `Config.student_model_names` (one per iteration).
-  """
-  teacher_train_steps: Optional[int] = None  # None: TrainConfig.train_steps.
-  student_unlabel_ratios: Tuple[float, ...] = ()  # Per iteration; () = TrainConfig's.
-  allow_smaller_student: bool = False  # The paper's students are equal or larger.
-  finetune: bool = False  # The paper's train/test resolution fix, after the last student.
-  finetune_image_size: Optional[int] = None  # None: 1.15 x the training size, as FixRes.
-  finetune_epochs: float = 1.5  # Passes over the labeled images.
-  finetune_learning_rate: float = 0.001  # Per 256 images, SGD with momentum 0.9.
-  finetune_frozen_fraction: float = 0.7  # Leading share of the layers kept frozen.
-  export_at_end: bool = True  # Export the last model for serving at the end.
+  """The `--mode=pipeline` loop: teacher -> students -> optional fine-tune -> export."""
+  teacher_train_steps: Optional[int] = setting(
+      None, "Pipeline: the teacher's steps; unset: --train_steps.", check=greater(0))
+  student_unlabel_ratios: Tuple[float, ...] = setting(
+      (), "Pipeline: unlabel_ratio per iteration (paper L2: 14,14,28); unset: "
+      "--unlabel_ratio.", check=each(greater(0)))
+  allow_smaller_student: bool = setting(
+      False, "Allow a student smaller than its teacher (the paper's never is).")
+  finetune: bool = setting(
+      False, "Pipeline: fine-tune the last student at the test resolution on unaugmented "
+      "labeled images, shallow layers frozen (FixRes).")
+  finetune_image_size: Optional[int] = setting(
+      None, "Fine-tune and test resolution; unset: 1.15 x the training size.",
+      check=_image_size)
+  finetune_epochs: float = setting(1.5, "Fine-tune passes over the labeled images.",
+                                   check=greater(0))
+  finetune_learning_rate: float = setting(0.001, "Fine-tune SGD rate per 256 images.",
+                                          check=greater(0))
+  finetune_frozen_fraction: float = setting(
+      0.7, "Leading share of the layers frozen while fine-tuning.",
+      check=in_range(0, 1, high_open=True))
+  export_at_end: bool = setting(True, "Pipeline: export the last model for serving.")
 
 
 @dataclasses.dataclass(frozen=True)
 class AblationConfig:
   """`--mode=ablate`: the paper's ablations at small scale (noisy_student/ablations.py)."""
-  ablations: Tuple[str, ...] = ("no_noise", "no_randaugment", "no_dropout",
-                                "no_stochastic_depth", "hard_labels", "balance",
-                                "larger_student")
-  seeds: Tuple[int, ...] = (0, 1, 2)
-  iterations: int = 3  # Noisy Student iterations of the main arm (student -> teacher).
-  larger_scale: float = 1.5  # larger_student: width and depth x this vs the teacher.
+  ablations: Tuple[str, ...] = setting(
+      ("no_noise", "no_randaugment", "no_dropout", "no_stochastic_depth", "hard_labels",
+       "balance", "larger_student"),
+      "--mode=ablate: variants of the iteration-1 student to train besides the main arm "
+      "(teacher and --ablation_iterations students); the table of variants is "
+      "noisy_student/ablation_variants.py.")
+  seeds: Tuple[int, ...] = setting(
+      (0, 1, 2), "--mode=ablate: seeds; each seed is a whole run (data split, init, "
+      "noise) in <model_dir>/seed_<s>.", flag="ablation_seeds",
+      check=lambda v: non_empty(v) or distinct(v))
+  iterations: int = setting(3, "--mode=ablate: Noisy Student iterations of the main arm.",
+                            flag="ablation_iterations", check=at_least(1))
+  larger_scale: float = setting(
+      1.5, "--mode=ablate: the larger student's width and depth coefficients are the "
+      "teacher's times this.", flag="ablation_larger_scale", check=greater(1))
 
 
 @dataclasses.dataclass(frozen=True)
 class RobustnessConfig:
   """ImageNet-C / ImageNet-P style corruption and perturbation tests and FGSM, run at
   every evaluation (noisy_student/robustness/, docs/robustness.md)."""
-  enabled: bool = True
-  corruptions: Tuple[str, ...] = ()  # () = every implemented ImageNet-C benchmark one.
-  severities: Tuple[int, ...] = (1, 2, 3, 4, 5)
-  perturbations: Tuple[str, ...] = ()  # () = all.
-  perturbation_frames: int = 10  # Frames per ImageNet-P style sequence.
-  fgsm_epsilons: Tuple[float, ...] = (0.0, 1.0, 2.0, 4.0, 8.0, 16.0)  # 0..255 pixels.
-  baseline: Optional[str] = None  # Model (dir or .keras) or report JSON for mCE / mFR.
-  max_images: Optional[int] = None  # Use only the first N eval images (speed).
-  seed: int = 0
+  enabled: bool = setting(
+      True, "Run the robustness report (corruptions, perturbations, FGSM) in --mode=eval "
+      "and for every model --mode=pipeline evaluates.", flag="robustness")
+  corruptions: Tuple[str, ...] = setting(
+      (), "ImageNet-C style corruptions; unset: the 14 of ImageNet-C's benchmark set "
+      "implemented here (docs/robustness.md); 'all' adds the extras.")
+  severities: Tuple[int, ...] = setting((1, 2, 3, 4, 5), "Corruption severities.",
+                                        check=lambda v: non_empty(v) or each(in_range(1, 5))(v))
+  perturbations: Tuple[str, ...] = setting(
+      (), "ImageNet-P style perturbation sequences; unset or 'all': every one.")
+  perturbation_frames: int = setting(
+      10, "Frames per perturbation sequence (ImageNet-P: 31).", check=at_least(2))
+  fgsm_epsilons: Tuple[float, ...] = setting(
+      (0.0, 1.0, 2.0, 4.0, 8.0, 16.0),
+      "FGSM step sizes in pixel units of 0..255; empty: no FGSM.",
+      check=each(in_range(0, 255)))
+  baseline: Optional[str] = setting(
+      None, "The model (model_dir or .keras) or robustness report (.json) that CE / mCE "
+      "and FR / mFR are relative to (100 = as robust as it). Unset: the pipeline's "
+      "teacher when --model_dir has one, else unnormalised numbers only.",
+      flag="robustness_baseline")
+  max_images: Optional[int] = setting(
+      None, "Use only the first N eval images for the robustness report; unset: all.",
+      flag="robustness_max_images", check=greater(0))
+
+  def active(self) -> bool:
+    """Its settings are checked only when the report runs."""
+    return self.enabled
 
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-  mode: str = "pipeline"
+  """A whole run: the mode, the students, and one section per concern."""
+  mode: str = setting(
+      "pipeline", "train: a teacher (or a student with --unlabel_ratio > 0); predict: "
+      "pseudo-label --unlabel_data_dir; filter: filter and balance them; eval: top-1/top-5 "
+      "on --eval_data_dir; export: a SavedModel for serving; pipeline: all of it, "
+      "resumable; ablate: the paper's ablations over seeds (see --ablations).",
+      choices=MODES)
+  student_model_names: Tuple[str, ...] = setting(
+      ("efficientnet-b0",), "Pipeline: one student model per iteration, e.g. b0,b0,b1.")
   model: ModelConfig = ModelConfig()
   data: DataConfig = DataConfig()
   train: TrainConfig = TrainConfig()
@@ -176,10 +368,16 @@ class Config:
   predict: PredictConfig = PredictConfig()
   filter: FilterConfig = FilterConfig()
   export: ExportConfig = ExportConfig()
-  student_model_names: Tuple[str, ...] = ()  # One per iteration, e.g. (b0, b0, b1).
   pipeline: PipelineConfig = PipelineConfig()
   ablation: AblationConfig = AblationConfig()
   robustness: RobustnessConfig = RobustnessConfig()
+
+  def __post_init__(self):
+    _normalize(self, "student_model_names")
+
+  def sections(self):
+    """(name, section) of every section, in declaration order."""
+    return [(name, getattr(self, name)) for name, _ in list(settings.sections(Config))[1:]]
 
   def to_json(self) -> str:
     return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)

@@ -21,7 +21,7 @@ import keras
 import tensorflow as tf
 
 from noisy_student.config import ModelConfig, PipelineConfig
-from noisy_student.data import pipeline as data_pipeline
+from noisy_student.data import datasets
 from noisy_student.data import preprocess
 from noisy_student.train import checkpoints
 
@@ -63,9 +63,9 @@ def labeled_eval_stream(source, image_size: int, batch_size: int, *, small_image
   """Endless shuffled (image, label) batches at *eval* preprocessing (no noise)."""
   ds = source.dataset().shuffle(shuffle_buffer, seed=seed).repeat()
   ds = preprocess.decode_or_skip(ds)
-  ds = data_pipeline.eval_preprocess(ds, image_size, small_image)
+  ds = datasets.eval_preprocess(ds, image_size, small_image)
   ds = ds.map(lambda r: (r["image"], r["label"]))
-  return data_pipeline.batch_prefetch(ds, batch_size, drop_remainder=True)
+  return datasets.batch_prefetch(ds, batch_size, drop_remainder=True)
 
 
 def finetune(model: keras.Model, labeled_source, cfg: PipelineConfig, *,

@@ -5,8 +5,8 @@
   noisy-student --mode=export --model_dir=runs/default
 
 This module only wires: it defines the flags (flags/), turns them into one frozen
-`noisy_student.config.Config`, checks it (every problem on one line, before any work),
-writes it into --model_dir, and hands it to `noisy_student.pipeline.run_mode`.
+`noisy_student.config.Config`, checks it (every problem on one line, before TensorFlow
+loads), writes it into --model_dir, and hands it to `noisy_student.modes.run`.
 """
 import sys
 from typing import Sequence
@@ -16,6 +16,7 @@ from absl import flags as absl_flags
 from absl import logging
 
 import flags as ns_flags
+from noisy_student import checks
 
 FLAGS = absl_flags.FLAGS
 ns_flags.define_all(FLAGS)
@@ -34,9 +35,9 @@ def main(argv: Sequence[str]) -> None:
     _fail([f"unexpected arguments {' '.join(argv[1:])!r} (flags look like --name=value)"])
   try:
     config = ns_flags.to_config(FLAGS)
-  except ns_flags.ConfigError as e:
+  except checks.ConfigError as e:
     _fail([str(e)])
-  errors = ns_flags.validate(config)
+  errors = checks.problems(config)
   if errors:
     _fail(errors)
   # eval / export / predict / filter read a model_dir that training wrote: they keep its
@@ -44,10 +45,10 @@ def main(argv: Sequence[str]) -> None:
   name = ("config.json" if config.mode in ("train", "pipeline", "ablate")
           else f"config-{config.mode}.json")
   logging.info("Configuration written to %s", config.write(config.train.model_dir, name))
-  # Imported after validation so a bad flag fails in a second, not after loading Keras.
-  from noisy_student import pipeline  # pylint: disable=g-import-not-at-top
+  # Imported after the checks so a bad flag fails in a second, not after loading Keras.
+  from noisy_student import modes  # pylint: disable=g-import-not-at-top
   try:
-    pipeline.run_mode(config)
+    modes.run(config)
   except (ValueError, FileNotFoundError) as e:  # Bad input found by a phase: one line.
     logging.debug("Stopped by:", exc_info=True)
     _fail([str(e).splitlines()[0] if str(e) else type(e).__name__])

@@ -11,14 +11,16 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Type, TypeVar
 
 from absl import logging
 import tensorflow as tf
 
 from noisy_student import atomic
+from noisy_student import results
 
 Fingerprint = Dict[str, Any]
+R = TypeVar("R", bound=results.Result)
 
 
 class PhaseMismatchError(ValueError):
@@ -28,6 +30,8 @@ class PhaseMismatchError(ValueError):
 def _plain(value: Any) -> Any:
   """JSON round trip: tuples -> lists, dataclasses -> dicts, as stored in a marker."""
   def default(obj):
+    if isinstance(obj, results.Result):
+      return obj.to_json()
     if dataclasses.is_dataclass(obj):
       return dataclasses.asdict(obj)
     raise TypeError(f"{type(obj).__name__} cannot go into a phase marker")
@@ -72,9 +76,10 @@ class Markers:
 
 
 def run_phase(markers: Markers, name: str, fingerprint: Fingerprint,
-              fn: Callable[[], Dict[str, Any]], redo_if_changed: bool = False
-              ) -> Dict[str, Any]:
-  """Runs `fn` unless `name` finished earlier with the same fingerprint; returns its result.
+              fn: Callable[[], results.Result], kind: Type[R],
+              redo_if_changed: bool = False) -> R:
+  """Runs `fn` unless `name` finished earlier with the same fingerprint; returns its result
+  (a `kind`, read back from the marker when the phase was skipped).
 
   A finished phase with another fingerprint is refused, or redone when `redo_if_changed`
   (the phases after the last student, whose input changes when iterations are added).
@@ -92,10 +97,10 @@ def run_phase(markers: Markers, name: str, fingerprint: Fingerprint,
           f"{'; '.join(changed[:5])}); use a new --model_dir, or delete "
           f"{markers.path(name)} and the phases after it to redo them")
     logging.info("Phase %s: finished earlier (%s), skipped.", name, marker["finished"])
-    return marker["result"]
+    return kind.from_json(marker["result"])
   logging.info("Phase %s: starting.", name)
   start = time.time()
   result = fn()
-  markers.put(name, fingerprint, result, time.time() - start)
+  markers.put(name, fingerprint, result.to_json(), time.time() - start)
   logging.info("Phase %s: done in %.0f s.", name, time.time() - start)
   return result

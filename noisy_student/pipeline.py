@@ -1,15 +1,16 @@
-"""Phase orchestration: teacher -> (predict, balance, student, eval) x N -> fine-tune -> export.
+"""The phases of a run and `--mode=pipeline`'s loop over them:
+teacher -> (predict, filter, student, eval) x N -> fine-tune -> export.
 
 Each phase records its completion in `<model_dir>/phases/<phase>.json` (written atomically
-when the phase has finished) together with a fingerprint of the flags it depends on. A run
-started again with the same flags skips the finished phases and resumes the one it was
-in: training resumes from its last checkpoint and predict from its last complete shard,
-so a pipeline killed anywhere loses at most one checkpoint period of work. A finished
-phase whose flags changed is refused (with the flags that differ) instead of being mixed
-with new results.
+when the phase has finished) with a fingerprint of the settings it depends on and its
+typed result (noisy_student/results.py). A run started again with the same settings skips
+the finished phases and resumes the one it was in: training resumes from its last
+checkpoint and predict from its last complete shard, so a pipeline killed anywhere loses
+at most one checkpoint period of work. A finished phase whose settings changed is refused
+(with the settings that differ) instead of being mixed with new results.
 
 Layout of `<model_dir>`:
-  config.json              the resolved flags of the latest run
+  config.json              the resolved settings of the latest run
   phases/*.json            completion markers
   teacher/, student_<i>/   training runs (checkpoints, TensorBoard, build_config.json)
   pseudo_<i>/              pseudo-label shards, balance plan, report and plot
@@ -37,14 +38,14 @@ from noisy_student import phases
 from noisy_student import predict as predict_lib
 from noisy_student import robustness
 from noisy_student import train as train_lib
-from noisy_student.data import pipeline as data_pipeline
+from noisy_student.data import datasets
 from noisy_student.data import preprocess
 from noisy_student.data import sources
+from noisy_student.results import (BalancedPseudoLabels, Evaluation, Exported, PseudoLabels,
+                                   TrainedModel)
 from noisy_student.train import checkpoints
 from noisy_student.train import distribute
 import tfrecords
-
-ModelInfo = Dict[str, Any]  # {"path", "model_name", "image_size", "small_image"}
 
 
 class Context:
@@ -76,6 +77,7 @@ class Context:
 
   @property
   def class_names(self) -> List[str]:
+    """The labeled data's class names: what a model trained in this run learns."""
     labeled = self.source("label")
     n = self.cfg.model.num_label_classes or labeled.num_classes
     if not n:
@@ -92,9 +94,9 @@ class Context:
                                self.cfg.model.model_name,
                                num_label_classes=len(self.class_names))
 
-  def load(self, info: ModelInfo):
+  def load(self, model: TrainedModel):
     with self.strategy.scope():
-      return train_lib.load_for_inference(info["path"])
+      return train_lib.load_for_inference(model.path)
 
   def path(self, *parts: str) -> str:
     return "/".join([self.root, *parts])
@@ -114,30 +116,37 @@ def _source_fields(data: config_lib.DataConfig) -> tuple:
           data.label_offset, data.seed, data.digits_num_labeled, data.digits_num_test)
 
 
-def _info(path: str, model_cfg: config_lib.ModelConfig) -> ModelInfo:
+def class_names_of(model: TrainedModel) -> List[str]:
+  """The classes `model` was trained on, from its build_config.json: a model's class
+  names travel with it, whatever data flags a later command is given."""
+  build = checkpoints.read_build_config(model.directory)
+  return list(build["class_names"] or [str(i) for i in range(build["num_classes"])])
+
+
+def _trained(path: str, model_cfg: config_lib.ModelConfig, **extra) -> TrainedModel:
   size = model_cfg.input_image_size or efficientnet.native_resolution(model_cfg.model_name)
-  return {"path": path, "model_name": model_cfg.model_name, "image_size": size,
-          "small_image": model_cfg.small_image}
+  return TrainedModel(path=path, model_name=model_cfg.model_name, image_size=size,
+                      small_image=model_cfg.small_image, **extra)
 
 
-def info_of(path: str) -> ModelInfo:
+def trained_model_of(path: str) -> TrainedModel:
   """A model_dir, or a pipeline's model_dir (its last model: fine-tuned, else the last
-  student, else the teacher), or a .keras file -> ModelInfo."""
+  student, else the teacher), or a .keras file -> TrainedModel."""
   markers = phases.Markers(path)
   done = markers.done()
   students = sorted((int(n.split("-")[1]) for n in done if re.fullmatch(r"student-\d+", n)))
   for name in ["finetune"] + [f"student-{i}" for i in reversed(students)] + ["teacher"]:
     if name in done:
-      return markers.get(name)["result"]
+      return TrainedModel.from_json(markers.get(name)["result"])
   directory = path.rsplit("/", 1)[0] if path.endswith(".keras") else path
-  return _info(path, checkpoints.read_build_config(directory)["model"])
+  return _trained(path, checkpoints.read_build_config(directory)["model"])
 
 
-def _train(ctx: Context, model_cfg, train_cfg, pseudo_labels=None) -> ModelInfo:
+def _train(ctx: Context, model_cfg, train_cfg, pseudo_labels=None) -> TrainedModel:
   result = train_lib.train(model_cfg, ctx.cfg.data, train_cfg, ctx.cfg.distribute,
                            labeled_source=ctx.source("label"), pseudo_labels=pseudo_labels,
                            class_names=ctx.class_names, strategy=ctx.strategy)
-  return dict(_info(train_cfg.model_dir, model_cfg), global_step=result.global_step)
+  return _trained(train_cfg.model_dir, model_cfg, global_step=result.global_step)
 
 
 def _train_cfg(ctx: Context, directory: str, **changes) -> config_lib.TrainConfig:
@@ -146,7 +155,7 @@ def _train_cfg(ctx: Context, directory: str, **changes) -> config_lib.TrainConfi
                              teacher_model_name=None, **changes)
 
 
-def train_teacher(ctx: Context) -> ModelInfo:
+def train_teacher(ctx: Context) -> TrainedModel:
   """Supervised teacher on the labeled data (noised as the paper's teacher is)."""
   steps = ctx.cfg.pipeline.teacher_train_steps or ctx.cfg.train.train_steps
   return _train(ctx, ctx.model_cfg(), _train_cfg(ctx, "teacher", unlabel_ratio=0.0,
@@ -154,41 +163,42 @@ def train_teacher(ctx: Context) -> ModelInfo:
 
 
 def train_student(ctx: Context, i: int, model_name: str, ratio: float,
-                  balanced: Dict[str, Any], directory: Optional[str] = None) -> ModelInfo:
+                  balanced: BalancedPseudoLabels, directory: Optional[str] = None
+                  ) -> TrainedModel:
   """Noised student on labeled + balanced pseudo-labeled data, from scratch, in
   `<root>/<directory>` (default `student_<i>`)."""
-  pseudo = tfrecords.read_pseudo_labels(balanced["output_dir"], balanced["plan_path"])
+  pseudo = tfrecords.read_pseudo_labels(balanced.output_dir, balanced.plan_path)
   return _train(ctx, ctx.model_cfg(model_name),
                 _train_cfg(ctx, directory or f"student_{i}", unlabel_ratio=ratio), pseudo)
 
 
-def evaluate_model(ctx: Context, info: ModelInfo, name: str) -> Dict[str, Any]:
+def evaluate_model(ctx: Context, model: TrainedModel, name: str) -> Evaluation:
   """Top-1 / top-5 of a model on --eval_data_dir, and its robustness report when
   --robustness (mCE, mFR, FGSM in the result); report files under <root>/eval."""
+  names = class_names_of(model)
   source = ctx.source("eval")
-  if source.class_names and source.class_names != ctx.class_names:
+  if source.class_names and source.class_names != names:
     raise ValueError(f"--eval_data_dir={source.spec} has classes {source.class_names[:5]}"
-                     f"..., the labeled data {ctx.class_names[:5]}...; they must match")
-  ds = _eval_data(ctx, info)
-  model = ctx.load(info)
-  result = evaluate_lib.evaluate(model, ds, class_names=ctx.class_names,
-                                 strategy=ctx.strategy)
+                     f"..., the model {model.path} {names[:5]}...; they must match")
+  ds = _eval_data(ctx, model)
+  keras_model = ctx.load(model)
+  result = evaluate_lib.evaluate(keras_model, ds, class_names=names, strategy=ctx.strategy)
   report = evaluate_lib.write_report(result, ctx.path("eval"), name=name,
-                                     step=info.get("global_step", 0))
-  out = {"top1": result.top1, "top5": result.top5, "top_k": result.top_k,
-         "num_images": result.num_images, "report": report}
-  if ctx.cfg.robustness.enabled:
-    out.update(_robustness(ctx, info, name, model, ds))
-  return out
+                                     step=model.global_step)
+  extra = (_robustness(ctx, model, name, keras_model, ds) if ctx.cfg.robustness.enabled
+           else {})
+  return Evaluation(top1=result.top1, top5=result.top5, top_k=result.top_k,
+                    num_images=result.num_images, report=report, robustness=extra)
 
 
-def _eval_data(ctx: Context, info: ModelInfo):
-  return data_pipeline.eval_dataset(ctx.source("eval"), image_size=info["image_size"],
-                                    batch_size=ctx.cfg.predict.eval_batch_size,
-                                    small_image=info["small_image"])
+def _eval_data(ctx: Context, model: TrainedModel):
+  return datasets.eval_dataset(ctx.source("eval"), image_size=model.image_size,
+                               batch_size=ctx.cfg.predict.eval_batch_size,
+                               small_image=model.small_image)
 
 
-def _robustness(ctx: Context, info: ModelInfo, name: str, model, ds) -> Dict[str, Any]:
+def _robustness(ctx: Context, model: TrainedModel, name: str, keras_model, ds
+                ) -> Dict[str, Any]:
   """The robustness report of an evaluated model, relative to `_robustness_baseline`.
 
   A pipeline's teacher is its own baseline (its mCE and mFR are 100), unless
@@ -196,12 +206,13 @@ def _robustness(ctx: Context, info: ModelInfo, name: str, model, ds) -> Dict[str
   """
   baseline = _robustness_baseline(ctx, name)
   result = robustness.evaluate_robustness(
-      model, ds, ctx.cfg.robustness, image_size=info["image_size"], baseline=baseline,
-      strategy=ctx.strategy, batch_size=ctx.cfg.predict.eval_batch_size, name=name)
+      keras_model, ds, ctx.cfg.robustness, image_size=model.image_size, baseline=baseline,
+      strategy=ctx.strategy, batch_size=ctx.cfg.predict.eval_batch_size, name=name,
+      seed=ctx.cfg.data.seed)
   if baseline is None and name == "teacher":
     robustness.normalise(result, result)
   path = robustness.write_report(result, ctx.path("eval"), name=name,
-                                 step=info.get("global_step", 0))
+                                 step=model.global_step)
   return robustness.summary_fields(result, path)
 
 
@@ -223,84 +234,89 @@ def _robustness_baseline(ctx: Context, name: str) -> Optional[Dict[str, Any]]:
 
 def _baseline_model_report(ctx: Context, path: str) -> Dict[str, Any]:
   cached = ctx.path("eval", "baseline_robustness.json")
-  settings = robustness.settings_of(ctx.cfg.robustness)
+  settings = robustness.settings_of(ctx.cfg.robustness, ctx.cfg.data.seed)
   if tf.io.gfile.exists(cached):
     report = robustness.read_report(cached)
     if report.get("model_path") == path and report["settings"] == settings:
       return report
-  info = info_of(path)
+  model = trained_model_of(path)
   result = robustness.evaluate_robustness(
-      ctx.load(info), _eval_data(ctx, info), ctx.cfg.robustness,
-      image_size=info["image_size"], strategy=ctx.strategy,
-      batch_size=ctx.cfg.predict.eval_batch_size, name="baseline")
+      ctx.load(model), _eval_data(ctx, model), ctx.cfg.robustness,
+      image_size=model.image_size, strategy=ctx.strategy,
+      batch_size=ctx.cfg.predict.eval_batch_size, name="baseline", seed=ctx.cfg.data.seed)
   result["model_path"] = path
   robustness.write_report(robustness.normalise(result, result), ctx.path("eval"),
                           name="baseline")
   return result
 
 
-def predict_pseudo_labels(ctx: Context, teacher: ModelInfo, output_dir: str,
+def predict_pseudo_labels(ctx: Context, teacher: TrainedModel, output_dir: str,
                           predict_cfg: Optional[config_lib.PredictConfig] = None
-                          ) -> Dict[str, Any]:
+                          ) -> PseudoLabels:
   """The un-noised teacher labels --unlabel_data_dir into shards in `output_dir`."""
   pcfg = dataclasses.replace(predict_cfg or ctx.cfg.predict, output_dir=output_dir)
+  names = class_names_of(teacher)
   summary = predict_lib.predict(
-      ctx.load(teacher), ctx.source("unlabel"), pcfg, image_size=teacher["image_size"],
-      class_names=ctx.class_names, num_label_classes=len(ctx.class_names),
-      strategy=ctx.strategy, teacher_id=teacher["path"],
-      small_image=teacher["small_image"])
-  return {"output_dir": output_dir, "records_written": summary.records_written,
-          "corrupt_skipped": summary.corrupt_skipped}
+      ctx.load(teacher), ctx.source("unlabel"), pcfg, image_size=teacher.image_size,
+      class_names=names, num_label_classes=len(names), strategy=ctx.strategy,
+      teacher_id=teacher.path, small_image=teacher.small_image)
+  return PseudoLabels(output_dir=output_dir, records_written=summary.records_written,
+                      corrupt_skipped=summary.corrupt_skipped)
 
 
-def balance_pseudo_labels(ctx: Context, pseudo: Dict[str, Any],
-                          plan_dir: Optional[str] = None) -> Dict[str, Any]:
+def balance_pseudo_labels(ctx: Context, pseudo_dir: str,
+                          plan_dir: Optional[str] = None) -> BalancedPseudoLabels:
   """Filter by confidence and balance per class: a plan the student's reader applies,
-  written into the pseudo-label directory or `plan_dir`."""
-  result = balance_lib.balance(pseudo["output_dir"], ctx.cfg.filter, output_dir=plan_dir,
-                               class_names=ctx.class_names)
-  if not result.report["totals"]["after"]:
-    raise ValueError(f"no pseudo-label in {pseudo['output_dir']} reaches --min_threshold="
+  written into the pseudo-label directory or `plan_dir`. Class names are the ones the
+  predict phase recorded (its teacher's)."""
+  result = balance_lib.balance(pseudo_dir, ctx.cfg.filter, output_dir=plan_dir,
+                               seed=ctx.cfg.data.seed)
+  totals = result.report.get("totals") or {}
+  if not totals.get("after"):
+    raise ValueError(f"no pseudo-label in {pseudo_dir} reaches --min_threshold="
                      f"{ctx.cfg.filter.min_threshold}; train the teacher longer or lower it")
-  return {"output_dir": pseudo["output_dir"], "plan_path": result.plan_path,
-          "report_path": result.report_path, "totals": result.report.get("totals")}
+  return BalancedPseudoLabels(output_dir=pseudo_dir, plan_path=result.plan_path,
+                              report_path=result.report_path, totals=totals)
 
 
-def finetune_model(ctx: Context, info: ModelInfo) -> ModelInfo:
+def finetune_model(ctx: Context, model: TrainedModel) -> TrainedModel:
   """The FixRes step on the last student; saved as <root>/finetune/final.keras."""
-  model_cfg = checkpoints.read_build_config(info["path"])["model"]
+  build = checkpoints.read_build_config(model.directory)
   out = ctx.path("finetune")
   tuned = finetune_lib.finetune(
-      ctx.load(info), ctx.source("label"), ctx.cfg.pipeline, model_cfg=model_cfg,
-      train_size=info["image_size"], batch_size=ctx.cfg.train.train_batch_size,
+      ctx.load(model), ctx.source("label"), ctx.cfg.pipeline, model_cfg=build["model"],
+      train_size=model.image_size, batch_size=ctx.cfg.train.train_batch_size,
       strategy=ctx.strategy, seed=ctx.cfg.data.seed,
       shuffle_buffer=ctx.cfg.data.shuffle_buffer, output_dir=out)
   size = int(tuned.input_shape[1])
   checkpoints.write_build_config(
-      out, dataclasses.replace(model_cfg, input_image_size=size), ctx.class_names, False)
-  return dict(info, path=f"{out}/{checkpoints.FINAL_MODEL}", image_size=size,
-              finetuned_from=info["path"])
+      out, dataclasses.replace(build["model"], input_image_size=size),
+      build["class_names"], False)
+  return dataclasses.replace(model, path=f"{out}/{checkpoints.FINAL_MODEL}",
+                             image_size=size, finetuned_from=model.path)
 
 
-def export_model(ctx: Context, info: ModelInfo) -> Dict[str, Any]:
-  """SavedModel of `info` (EMA weights, eval preprocessing, class names) for serving."""
-  size, small = info["image_size"], info["small_image"]
+def export_model(ctx: Context, model: TrainedModel) -> Exported:
+  """SavedModel of `model` (EMA weights, eval preprocessing, its class names)."""
+  size, small = model.image_size, model.small_image
   path = export_lib.export_saved_model(
-      ctx.load(info), ctx.cfg.export.export_dir or ctx.path("export"),
-      class_names=ctx.class_names, top_k=ctx.cfg.export.top_k,
+      ctx.load(model), ctx.cfg.export.export_dir or ctx.path("export"),
+      class_names=class_names_of(model), top_k=ctx.cfg.export.top_k,
       preprocess_fn=lambda image: preprocess.preprocess_eval(image, size, small))
-  return {"export_path": path}
+  return Exported(export_path=path)
 
 
-# Flags that change how fast or how often, never what a phase produces.
-_RUNTIME_ONLY = ("model_dir", "log_every_n_steps", "save_checkpoints_steps",
-                 "keep_checkpoint_max", "iterations_per_loop", "pseudo_label_dir",
-                 "teacher_model_path", "teacher_model_name", "unlabel_ratio")
+# Settings that change how fast, how often or where, never what a phase produces; and the
+# ones each phase receives separately (a student's ratio, a phase's directory).
+_NOT_IN_FINGERPRINT = ("model_dir", "log_every_n_steps", "save_checkpoints_steps",
+                       "keep_checkpoint_max", "iterations_per_loop", "pseudo_label_dir",
+                       "teacher_model_path", "teacher_model_name", "unlabel_ratio")
 
 
 def fingerprints(cfg: config_lib.Config) -> Dict[str, phases.Fingerprint]:
-  """Per phase kind, the flags its result depends on (runtime-only flags left out)."""
-  train = {k: v for k, v in dataclasses.asdict(cfg.train).items() if k not in _RUNTIME_ONLY}
+  """Per phase kind, the settings its result depends on."""
+  train = {k: v for k, v in dataclasses.asdict(cfg.train).items()
+           if k not in _NOT_IN_FINGERPRINT}
   predict = {"teacher_softmax_temp": cfg.predict.teacher_softmax_temp}
   return {"data": {"data": cfg.data, "model": cfg.model},
           "train": {"train": train, "teacher_train_steps": cfg.pipeline.teacher_train_steps},
@@ -308,15 +324,18 @@ def fingerprints(cfg: config_lib.Config) -> Dict[str, phases.Fingerprint]:
           "finetune": {k: v for k, v in dataclasses.asdict(cfg.pipeline).items()
                        if k.startswith("finetune")},
           "export": {"export": cfg.export},
-          "eval": {"robustness": robustness.settings_of(cfg.robustness)
+          "eval": {"robustness": robustness.settings_of(cfg.robustness, cfg.data.seed)
                    if cfg.robustness.enabled else None}}
 
 
 def student_ratio(cfg: config_lib.Config, i: int) -> float:
+  """Iteration i's unlabeled batch ratio (1-based)."""
   ratios = cfg.pipeline.student_unlabel_ratios
-  if not ratios:
-    return cfg.train.unlabel_ratio
-  return ratios[0] if len(ratios) == 1 else ratios[i - 1]
+  if ratios:
+    return ratios[0] if len(ratios) == 1 else ratios[i - 1]
+  if cfg.train.unlabel_ratio is None:
+    return config_lib.DEFAULT_STUDENT_UNLABEL_RATIO
+  return cfg.train.unlabel_ratio
 
 
 def plan(cfg: config_lib.Config) -> List[str]:
@@ -331,12 +350,11 @@ def plan(cfg: config_lib.Config) -> List[str]:
   return names
 
 
-def result_row(name: str, model: ModelInfo, result: Dict[str, Any]) -> Dict[str, Any]:
+def result_row(name: str, model: TrainedModel, result: Evaluation) -> Dict[str, Any]:
   """One line of the results table (JSON-able)."""
-  return {"name": name, "model": model["model_name"], "image_size": model["image_size"],
-          "top1": result["top1"], "top5": result["top5"], "top_k": result["top_k"],
-          "num_images": result["num_images"], "path": model["path"],
-          **{k: result[k] for k in robustness.SUMMARY_KEYS if k in result}}
+  return {"name": name, "model": model.model_name, "image_size": model.image_size,
+          "top1": result.top1, "top5": result.top5, "top_k": result.top_k,
+          "num_images": result.num_images, "path": model.path, **result.robustness}
 
 
 def run_pipeline(cfg: config_lib.Config, ctx: Optional[Context] = None
@@ -347,71 +365,39 @@ def run_pipeline(cfg: config_lib.Config, ctx: Optional[Context] = None
   logging.info("Pipeline in %s: %s (finished earlier: %s)", ctx.root,
                ", ".join(plan(cfg)), ", ".join(markers.done()) or "none")
 
-  def phase(name, fingerprint, fn, last=False):
-    return phases.run_phase(markers, name, {**fp["data"], **fingerprint}, fn,
+  def phase(name, fingerprint, fn, kind, last=False):
+    return phases.run_phase(markers, name, {**fp["data"], **fingerprint}, fn, kind,
                             redo_if_changed=last)
 
   def evaluated(label, model, name):
-    # Redone rather than refused when the eval flags change: it only reads a model.
+    # Redone rather than refused when the eval settings change: it only reads a model.
     return result_row(label, model, phase(f"eval-{name}", {"model": model, **fp["eval"]},
-                                          lambda: evaluate_model(ctx, model, name), True))
+                                          lambda: evaluate_model(ctx, model, name),
+                                          Evaluation, last=True))
 
-  model = phase("teacher", fp["train"], lambda: train_teacher(ctx))
+  model = phase("teacher", fp["train"], lambda: train_teacher(ctx), TrainedModel)
   rows = [evaluated("teacher", model, "teacher")]
   for i, name in enumerate(cfg.student_model_names, start=1):
     teacher, ratio = model, student_ratio(cfg, i)
     pseudo = phase(f"predict-{i}", {"teacher": teacher, **fp["predict"]},
-                   lambda: predict_pseudo_labels(ctx, teacher, ctx.path(f"pseudo_{i}")))
+                   lambda: predict_pseudo_labels(ctx, teacher, ctx.path(f"pseudo_{i}")),
+                   PseudoLabels)
     balanced = phase(f"balance-{i}", {"pseudo": pseudo, **fp["filter"]},
-                     lambda: balance_pseudo_labels(ctx, pseudo))
+                     lambda: balance_pseudo_labels(ctx, pseudo.output_dir),
+                     BalancedPseudoLabels)
     model = phase(f"student-{i}", {"balanced": balanced, "student": name, "ratio": ratio,
                                    **fp["train"]},
-                  lambda: train_student(ctx, i, name, ratio, balanced))
+                  lambda: train_student(ctx, i, name, ratio, balanced), TrainedModel)
     rows.append(evaluated(f"student {i}", model, f"student-{i}"))
   if cfg.pipeline.finetune:
     student = model
     model = phase("finetune", {"model": student, **fp["finetune"]},
-                  lambda: finetune_model(ctx, student), last=True)
+                  lambda: finetune_model(ctx, student), TrainedModel, last=True)
     rows.append(evaluated("fine-tuned", model, "finetune"))
   evaluate_lib.write_results(rows, ctx.root)
   if cfg.pipeline.export_at_end:
     final = model
     exported = phase("export", {"model": final, **fp["export"]},
-                     lambda: export_model(ctx, final), last=True)
-    logging.info("Exported %s to %s", final["path"], exported["export_path"])
+                     lambda: export_model(ctx, final), Exported, last=True)
+    logging.info("Exported %s to %s", final.path, exported.export_path)
   return rows
-
-
-def run_mode(cfg: config_lib.Config) -> Any:
-  """Runs one `--mode` (see flags/pipeline.py) and returns what it produced."""
-  ctx = Context(cfg)
-  if cfg.mode in ("pipeline", "train", "predict", "ablate"):
-    # Multi-worker collectives can only be set up before any other op runs: make the
-    # strategy first, and every phase of this run then shares it.
-    _ = ctx.strategy
-  if cfg.mode == "pipeline":
-    return run_pipeline(cfg, ctx)
-  if cfg.mode == "ablate":
-    from noisy_student import ablations  # pylint: disable=g-import-not-at-top
-    return ablations.run_ablations(cfg, ctx)
-  if cfg.mode == "train":
-    # A pseudo-label directory is read with the balance plan the filter phase wrote
-    # into it, if any (noisy_student.train.inputs.unlabeled_records).
-    return train_lib.train(ctx.model_cfg(), cfg.data, cfg.train, cfg.distribute,
-                           labeled_source=ctx.source("label"),
-                           pseudo_labels=cfg.train.pseudo_label_dir,
-                           class_names=ctx.class_names, strategy=ctx.strategy)
-  if cfg.mode == "predict":
-    teacher = info_of(cfg.predict.predict_ckpt_path or ctx.root)
-    return predict_pseudo_labels(ctx, teacher, cfg.predict.output_dir, cfg.predict)
-  if cfg.mode == "filter":
-    return balance_pseudo_labels(ctx, {"output_dir": cfg.predict.output_dir})
-  info = info_of(ctx.root)
-  if cfg.mode == "eval":
-    result = evaluate_model(ctx, info, "eval")
-    logging.info("top-1 %.4f top-%d %.4f on %d images", result["top1"], result["top_k"],
-                 result["top5"], result["num_images"])
-    return result
-  if cfg.mode == "export":
-    return export_model(ctx, info)
-  raise ValueError(f"--mode={cfg.mode}: unknown")

@@ -1,7 +1,7 @@
 """Writing matplotlib figures the way every phase writes its outputs: atomically."""
 from __future__ import annotations
 
-import tensorflow as tf
+from noisy_student import atomic
 
 
 def pyplot():
@@ -17,10 +17,7 @@ def pyplot():
 
 def save_figure(fig, path: str) -> str:
   """Saves `fig` as a PNG at `path` (any tf.io.gfile path) via a temp name; closes it."""
-  plt = pyplot()
-  tmp = f"{path}.tmp.png"
-  with tf.io.gfile.GFile(tmp, "wb") as f:
-    fig.savefig(f, format="png", dpi=100)
-  plt.close(fig)
-  tf.io.gfile.rename(tmp, path, overwrite=True)
-  return path
+  try:
+    return atomic.write_with(path, lambda f: fig.savefig(f, format="png", dpi=100), "wb")
+  finally:
+    pyplot().close(fig)

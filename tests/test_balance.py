@@ -52,8 +52,8 @@ def _read(directory, plan):
 def test_surplus_class_keeps_its_most_confident(tmp_path, exact):
   conf = _confidences()
   _write_shards(str(tmp_path), conf)
-  cfg = FilterConfig(num_image=500, exact_topk=exact, seed=3)
-  result = balance.balance(str(tmp_path), cfg)
+  cfg = FilterConfig(num_image=500, exact_topk=exact)
+  result = balance.balance(str(tmp_path), cfg, seed=3)
   got = _read(tmp_path, result.plan_path)
   kept = np.float32(sorted((x for c, x, _ in got if c == 0), reverse=True))
   top = np.sort(conf[0])[::-1][:500]
@@ -77,7 +77,7 @@ def test_surplus_class_keeps_its_most_confident(tmp_path, exact):
 def test_short_class_is_duplicated_with_seeded_stochastic_rounding(tmp_path):
   conf = _confidences()
   _write_shards(str(tmp_path), conf)
-  plan = balance.balance(str(tmp_path), FilterConfig(num_image=300, seed=1)).plan_path
+  plan = balance.balance(str(tmp_path), FilterConfig(num_image=300), seed=1).plan_path
   got = _read(tmp_path, plan)
   assert all(x >= 0.3 for _, x, _ in got)  # Filtered by min_threshold.
   assert not [1 for c, _, _ in got if c == 2]  # Nothing of class 2 passes the filter.
@@ -89,7 +89,7 @@ def test_short_class_is_duplicated_with_seeded_stochastic_rounding(tmp_path):
   assert len(set(ids)) == available
   assert abs(len(ids) - 300) <= 3 * np.sqrt(available) + 1
   assert _read(tmp_path, plan) == got  # Deterministic.
-  other = balance.balance(str(tmp_path), FilterConfig(num_image=300, seed=2),
+  other = balance.balance(str(tmp_path), FilterConfig(num_image=300), seed=2,
                           output_dir=str(tmp_path / "s2")).plan_path
   assert sorted(_read(tmp_path, other)) != sorted(got)  # The seed matters.
   no_up = balance.balance(str(tmp_path), FilterConfig(num_image=300, upsample=False),

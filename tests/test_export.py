@@ -113,3 +113,32 @@ def test_class_count_mismatch_is_refused(tmp_path):
   with pytest.raises(ValueError, match="2 class names for a model with 3 outputs"):
     export.export_saved_model(_tiny_model(), str(tmp_path), class_names=["a", "b"],
                               preprocess_fn=_preprocess)
+
+
+def test_export_mode_takes_class_names_from_the_trained_model(tmp_path):
+  """A model trained on letters, exported as docs/usage.md says (--mode=export with only
+  --model_dir): its SavedModel names the letters, not the default data's digits."""
+  from noisy_student import config as config_lib  # pylint: disable=import-outside-toplevel
+  from noisy_student import modes  # pylint: disable=import-outside-toplevel
+  letters = ["A", "B", "C"]
+  for i, name in enumerate(letters):
+    os.makedirs(tmp_path / "letters" / name)
+    for j in range(4):
+      Image.fromarray(np.full((SIZE, SIZE, 3), 60 * i + j, np.uint8)).save(
+          tmp_path / "letters" / name / f"{j}.png")
+  model_dir = str(tmp_path / "run")
+  model = config_lib.ModelConfig("efficientnet-test", input_image_size=SIZE,
+                                 small_image=True)
+  train = config_lib.TrainConfig(model_dir=model_dir, train_batch_size=4, train_steps=2,
+                                 iterations_per_loop=2, save_checkpoints_steps=2,
+                                 warmup_epochs=0)
+  modes.run(config_lib.Config(
+      mode="train", model=model, train=train,
+      data=config_lib.DataConfig(label_data_dir=str(tmp_path / "letters"),
+                                 augment_name=None, shuffle_buffer=16)))
+  exported = modes.run(config_lib.Config(mode="export", model=model, train=train))
+  with open(os.path.join(exported.export_path, "assets", "class_names.txt")) as f:
+    assert f.read().split() == letters
+  loaded = tf.saved_model.load(exported.export_path)
+  out = loaded.signatures["serving_images"](images=tf.zeros([1, SIZE, SIZE, 3], tf.uint8))
+  assert {n.decode() for n in out["class_names"].numpy()[0]} <= set(letters)

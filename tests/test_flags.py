@@ -3,12 +3,19 @@ import dataclasses
 import glob
 import json
 import os
+import subprocess
+import sys
+import typing
 
 from absl import flags as absl_flags
 import pytest
 
 import flags
+from noisy_student import checks
 from noisy_student import config as config_lib
+from noisy_student import settings
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _parse(*argv):
@@ -28,9 +35,9 @@ def test_defaults_are_the_embedded_demo():
   assert cfg.data.label_data_dir == "digits:labeled"
   assert cfg.data.unlabel_data_dir == "digits:unlabeled"
   assert cfg.data.eval_data_dir == "digits:test"
-  assert cfg.student_model_names and cfg.train.unlabel_ratio > 0
+  assert cfg.student_model_names and cfg.pipeline.student_unlabel_ratios
   assert cfg.model.input_image_size == 32 and cfg.model.small_image
-  assert flags.validate(cfg) == []
+  assert checks.problems(cfg) == []
   # Flags the user gives still win over the demo's.
   assert _config("--train_steps=7").train.train_steps == 7
 
@@ -43,7 +50,8 @@ def test_with_data_flags_the_defaults_are_the_papers(tmp_path):
 
 
 def test_every_config_field_has_a_flag():
-  """A config field without a flag would be unreachable from the command line."""
+  """A field that is not a declared setting would be unreachable from the command line
+  (or a copy of another setting)."""
   cfg = _config("--model_name=b1", "--student_model_names=b1,b2", "--unlabel_ratio=2",
                 "--min_threshold=0.5", "--top_k=3", "--worker_id=1",
                 "--total_replicas=4", "--cutout_op", "--augment_name=none")
@@ -54,29 +62,46 @@ def test_every_config_field_has_a_flag():
   # The original's names are aliases of ours.
   assert (cfg.predict.worker_index, cfg.predict.num_workers) == (1, 4)
   fv = _parse()
-  for section in dataclasses.fields(config_lib.Config):
-    value = getattr(cfg, section.name)
-    if not dataclasses.is_dataclass(value):
-      continue
-    for field in dataclasses.fields(value):
-      renamed = {"cutout": "small_image_cutout", "enabled": "robustness",
-                 "baseline": "robustness_baseline",
-                 "max_images": "robustness_max_images", "seeds": "ablation_seeds",
-                 "iterations": "ablation_iterations",
-                 "larger_scale": "ablation_larger_scale"}.get(field.name, field.name)
-      known = renamed in fv or field.name in ("dtype_policy", "seed", "output_dir")
-      assert known, f"{section.name}.{field.name} has no flag"
+  for _, section in settings.sections(config_lib.Config):
+    declared = {f.name: f for f in settings.fields(section)}
+    hints = typing.get_type_hints(section)
+    for field in dataclasses.fields(section):
+      if dataclasses.is_dataclass(hints[field.name]):
+        continue
+      if (section, field.name) == (config_lib.PredictConfig, "teacher_softmax_temp"):
+        continue  # Predict's copy of the temperature goes with the T=1 fix (issue 11).
+      assert field.name in declared, f"{section.__name__}.{field.name} is not a setting"
+      assert declared[field.name].flag in fv
 
 
-def test_unlabel_ratio_default_depends_on_mode():
-  assert _config("--mode=train").train.unlabel_ratio == 0.0
-  assert _config("--mode=pipeline").train.unlabel_ratio > 0
-  assert _config("--mode=pipeline", "--unlabel_ratio=7").train.unlabel_ratio == 7.0
+def test_flag_defaults_and_help_come_from_the_declaration():
+  fv = _parse()
+  for _, section in settings.sections(config_lib.Config):
+    for f in settings.fields(section):
+      flag = fv[f.flag]
+      assert f.spec.help in flag.help
+      if f.kind is not tuple and f.spec.choices is None:
+        assert flag.default == f.default, f.flag
 
 
-def test_bfloat16_sets_the_policy():
-  assert _config("--use_bfloat16").model.dtype_policy == "mixed_bfloat16"
-  assert _config().model.dtype_policy == "float32"
+def test_checks_run_without_tensorflow():
+  """Bad flags fail before TensorFlow loads (a fresh interpreter, the CLI's own calls)."""
+  code = ("import sys; from absl import flags as F; import flags; from noisy_student import "
+          "checks; fv = F.FlagValues(); flags.define_all(fv); fv(['p', '--model_name=b9', "
+          "'--input_image_size=8', '--label_data_dir=/no/such']); "
+          "errors = checks.problems(flags.to_config(fv)); "
+          "assert len(errors) == 3, errors; "
+          "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules")
+  subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO, timeout=120)
+
+
+def test_unset_unlabel_ratio_is_a_teacher_in_train_and_3_for_pipeline_students(tmp_path):
+  from noisy_student import pipeline  # pylint: disable=import-outside-toplevel
+  assert _config("--mode=train").train.unlabel_ratio is None
+  cfg = _config("--mode=pipeline", f"--label_data_dir={tmp_path}")
+  assert pipeline.student_ratio(cfg, 1) == config_lib.DEFAULT_STUDENT_UNLABEL_RATIO
+  cfg = _config("--mode=pipeline", "--unlabel_ratio=7", f"--label_data_dir={tmp_path}")
+  assert pipeline.student_ratio(cfg, 1) == 7.0
 
 
 @pytest.mark.parametrize("argv, expected", [
@@ -92,9 +117,9 @@ def test_bfloat16_sets_the_policy():
     (["--use_tpu", "--strategy=mirrored"], "--use_tpu conflicts with --strategy=mirrored"),
     (["--use_tpu", "--tpu=x"], "--model_dir=runs/default: a TPU reads and writes only gs://"),
     (["--use_bfloat16", "--dtype_policy=mixed_float16"], "--use_bfloat16 conflicts with"),
-    (["--mode=train", "--unlabel_ratio=2"], "--unlabel_ratio=2.0 trains a student"),
+    (["--mode=train", "--unlabel_ratio=2"], "--unlabel_ratio=2 trains a student"),
     (["--worker_index=2", "--num_workers=2"], "--worker_index=2: must be in [0, --num_w"),
-    (["--teacher_softmax_temp=0"], "--teacher_softmax_temp=0.0: must be > 0, or -1"),
+    (["--teacher_softmax_temp=0"], "--teacher_softmax_temp=0: must be > 0, or -1"),
     (["--min_threshold=1.5"], "--min_threshold=1.5: must be in [0, 1]"),
     (["--student_model_names=b0,b0", "--student_unlabel_ratios=1,2,3"],
      "--student_unlabel_ratios has 3 values for 2 --student_model_names"),
@@ -103,14 +128,14 @@ def test_bfloat16_sets_the_policy():
     (["--mode=eval", "--model_dir=/no/such/run"], "--model_dir=/no/such/run: no such file"),
 ])
 def test_bad_flags_fail_with_one_line_naming_the_flag(argv, expected):
-  errors = flags.validate(_config(*argv))
+  errors = checks.problems(_config(*argv))
   assert any(expected in e for e in errors), errors
   assert all("\n" not in e for e in errors)
 
 
 def test_smaller_student_allowed_when_asked():
   cfg = _config("--model_name=b2", "--student_model_names=b1", "--allow_smaller_student")
-  assert flags.validate(cfg) == []
+  assert checks.problems(cfg) == []
 
 
 def test_non_numeric_ratios_are_a_config_error():
@@ -142,15 +167,14 @@ def test_presets_exist():
 @pytest.mark.parametrize("path", PRESETS, ids=os.path.basename)
 def test_preset_parses_and_starts_with_its_command(path, monkeypatch):
   # Cloud presets name gs://YOUR_BUCKET paths; do not ask the network about them.
-  real = flags.validate_module._exists
-  monkeypatch.setattr(flags.validate_module, "_exists",
-                      lambda p: False if p.startswith("gs://") else real(p))
+  real = checks.exists
+  monkeypatch.setattr(checks, "exists", lambda p: False if p.startswith("gs://") else real(p))
   with open(path) as f:
     first = f.readline()
   name = os.path.basename(path)
   assert first.startswith("# noisy-student") and f"presets/{name}" in first
   cfg = _config(f"--flagfile={path}")
-  errors = flags.validate(cfg)
+  errors = checks.problems(cfg)
   # Cloud presets point at buckets this machine cannot reach; everything else must pass.
   assert [e for e in errors if "no such file" not in e] == []
 

@@ -1,150 +1,178 @@
-"""Batched datasets: shapes, determinism, pass-through keys, skips, worker contexts."""
-import io
+"""Phase orchestration: order, completion markers, resume without redoing, changed flags.
 
-import numpy as np
-from PIL import Image
+The phases are replaced by recorders here (the real ones are covered by their modules'
+tests and by the slow end-to-end test in test_main.py): what is tested is the bookkeeping.
+"""
+import dataclasses
+import json
+import os
+
 import pytest
-import tensorflow as tf
 
-from noisy_student.config import DataConfig
-from noisy_student.data import pipeline
-from noisy_student.data import preprocess
-from noisy_student.data import sources
-
-CFG = DataConfig(random_flip=False, randaug_mag=5.0, cutout=True, shuffle_buffer=64)
+from noisy_student import config as config_lib
+from noisy_student import phases
+from noisy_student import pipeline
+from noisy_student import results
 
 
-@pytest.fixture(scope="module")
-def digits():
-  return {s: sources.open_source(f"digits:{s}") for s in ("labeled", "unlabeled", "test")}
+class Recorder:
+  """Stands in for the phase functions; records calls; can fail at a chosen phase."""
+
+  def __init__(self, monkeypatch, fail_at=None):
+    self.calls, self.fail_at = [], fail_at
+    for name in ("train_teacher", "evaluate_model", "predict_pseudo_labels",
+                 "balance_pseudo_labels", "train_student", "finetune_model",
+                 "export_model"):
+      monkeypatch.setattr(pipeline, name, self._make(name))
+
+  def _make(self, fn_name):
+    def fn(ctx, *args):
+      label = self._label(fn_name, args)
+      if label == self.fail_at:
+        raise KeyboardInterrupt(f"killed in {label}")  # As a kill, not a handled error.
+      self.calls.append(label)
+      return self._result(fn_name, ctx, args)
+    return fn
+
+  @staticmethod
+  def _label(fn_name, args):
+    if fn_name == "evaluate_model":
+      return f"eval-{args[1]}"
+    if fn_name == "train_student":
+      return f"student-{args[0]}"
+    if fn_name == "predict_pseudo_labels":
+      return f"predict-{args[1].rsplit('_', 1)[1]}"
+    if fn_name == "balance_pseudo_labels":
+      return f"balance-{args[0].rsplit('_', 1)[1]}"
+    return {"train_teacher": "teacher", "finetune_model": "finetune",
+            "export_model": "export"}[fn_name]
+
+  @staticmethod
+  def _result(fn_name, ctx, args):
+    def model(path, name):
+      return results.TrainedModel(path=path, model_name=name, image_size=32,
+                                  small_image=True)
+    if fn_name == "train_teacher":
+      return model(ctx.path("teacher"), ctx.cfg.model.model_name)
+    if fn_name == "train_student":
+      return model(ctx.path(f"student_{args[0]}"), args[1])
+    if fn_name == "finetune_model":
+      return dataclasses.replace(args[0], path=ctx.path("finetune/final.keras"),
+                                 image_size=40, finetuned_from=args[0].path)
+    if fn_name == "evaluate_model":
+      top1 = {"teacher": 0.8}.get(args[1], 0.9)
+      return results.Evaluation(top1=top1, top5=1.0, top_k=5, num_images=400, report="r")
+    if fn_name == "predict_pseudo_labels":
+      return results.PseudoLabels(output_dir=args[1], records_written=10)
+    if fn_name == "balance_pseudo_labels":
+      return results.BalancedPseudoLabels(output_dir=args[0], plan_path="p",
+                                          report_path="r")
+    return results.Exported(export_path=ctx.path("export/1"))
 
 
-def test_labeled_train_dataset(digits):
-  ds = pipeline.labeled_train_dataset(digits["labeled"], image_size=16, batch_size=8,
-                                      config=CFG, small_image=True)
-  images, labels = ds.element_spec
-  assert images.shape.as_list() == [8, 16, 16, 3] and images.dtype == tf.float32
-  assert labels.shape.as_list() == [8] and labels.dtype == tf.int64
-  first = [(x.numpy(), y.numpy()) for x, y in ds.take(3)]
-  again = [(x.numpy(), y.numpy()) for x, y in pipeline.labeled_train_dataset(
-      digits["labeled"], image_size=16, batch_size=8, config=CFG, small_image=True).take(3)]
-  for (x1, y1), (x2, y2) in zip(first, again):
-    np.testing.assert_array_equal(x1, x2)
-    np.testing.assert_array_equal(y1, y2)
-  xs = np.concatenate([x for x, _ in first])
-  assert xs.min() >= 0 and xs.max() <= 255 and xs.max() > 100
-  assert set(np.concatenate([y for _, y in first])) <= set(range(10))
-  other = pipeline.labeled_train_dataset(
-      digits["labeled"], image_size=16, batch_size=8, small_image=True,
-      config=DataConfig(random_flip=False, randaug_mag=5.0, seed=1, shuffle_buffer=64))
-  assert not np.array_equal(next(iter(other))[0].numpy(), first[0][0])
+def _cfg(tmp_path, students=("efficientnet-b0", "efficientnet-b0"), **pipeline_changes):
+  return config_lib.Config(
+      train=config_lib.TrainConfig(model_dir=str(tmp_path / "run"), unlabel_ratio=2.0),
+      student_model_names=tuple(students),
+      pipeline=config_lib.PipelineConfig(**{"finetune": True, **pipeline_changes}))
 
 
-def test_large_image_train_path(digits):
-  ds = pipeline.labeled_train_dataset(digits["test"], image_size=24, batch_size=4,
-                                      config=CFG)
-  x, _ = next(iter(ds))
-  assert x.shape == (4, 24, 24, 3)
+def test_full_run_order_markers_and_results(tmp_path, monkeypatch, capsys):
+  cfg = _cfg(tmp_path)
+  rec = Recorder(monkeypatch)
+  rows = pipeline.run_pipeline(cfg)
+  assert rec.calls == pipeline.plan(cfg)
+  assert rec.calls[:6] == ["teacher", "eval-teacher", "predict-1", "balance-1",
+                           "student-1", "eval-student-1"]
+  assert sorted(phases.Markers(cfg.train.model_dir).done()) == sorted(rec.calls)
+  assert [r["name"] for r in rows] == ["teacher", "student 1", "student 2", "fine-tuned"]
+  with open(os.path.join(cfg.train.model_dir, "results.json")) as f:
+    saved = json.load(f)
+  assert [m["top1"] for m in saved["models"]] == [0.8, 0.9, 0.9, 0.9]
+  assert os.path.getsize(os.path.join(cfg.train.model_dir, "results.png")) > 1000
+  table = capsys.readouterr().out
+  assert table.index("teacher") < table.index("student 1") and "80.00%" in table
 
 
-def test_one_epoch_without_repeat_sees_every_image_once(digits):
-  cfg = DataConfig(random_flip=False, augment_name=None, shuffle_buffer=1000)
-  ds = pipeline.labeled_train_dataset(digits["test"], image_size=8, batch_size=10,
-                                      config=cfg, small_image=True, repeat=False)
-  labels = np.concatenate([y.numpy() for _, y in ds])
-  expected = [r["label"] for r in digits["test"].dataset().as_numpy_iterator()]
-  assert sorted(labels) == sorted(expected)  # 400 images, 40 full batches.
+def test_rerun_redoes_nothing(tmp_path, monkeypatch):
+  cfg = _cfg(tmp_path)
+  Recorder(monkeypatch)
+  first = pipeline.run_pipeline(cfg)
+  rec = Recorder(monkeypatch)
+  assert pipeline.run_pipeline(cfg) == first
+  assert rec.calls == []
 
 
-def test_unlabeled_source_rejected_for_labeled_training(digits):
-  with pytest.raises(ValueError, match="digits:unlabeled"):
-    pipeline.labeled_train_dataset(digits["unlabeled"], image_size=8, batch_size=2)
+@pytest.mark.parametrize("killed_in", ["predict-1", "student-2", "finetune", "export"])
+def test_killed_run_resumes_at_the_phase_it_was_in(tmp_path, monkeypatch, killed_in):
+  cfg = _cfg(tmp_path)
+  order = pipeline.plan(cfg)
+  first = Recorder(monkeypatch, fail_at=killed_in)
+  with pytest.raises(KeyboardInterrupt):
+    pipeline.run_pipeline(cfg)
+  assert first.calls == order[:order.index(killed_in)]
+  second = Recorder(monkeypatch)
+  pipeline.run_pipeline(cfg)
+  assert second.calls == order[order.index(killed_in):]
 
 
-def test_eval_dataset_is_ordered_and_noise_free(digits):
-  ds = pipeline.eval_dataset(digits["test"], image_size=16, batch_size=64, small_image=True)
-  a = [x.numpy() for x, _ in ds]
-  b = [x.numpy() for x, _ in ds]
-  assert sum(len(x) for x in a) == 400 and len(a[-1]) == 400 % 64
-  np.testing.assert_array_equal(np.concatenate(a), np.concatenate(b))
-  rec = next(digits["test"].dataset().as_numpy_iterator())
-  expected = preprocess.preprocess_eval(preprocess.decode_image(rec["image/encoded"]), 16,
-                                        small_image=True)
-  np.testing.assert_allclose(a[0][0], expected.numpy(), atol=1e-4)
+def test_deleted_markers_redo_only_those_phases(tmp_path, monkeypatch):
+  cfg = _cfg(tmp_path)
+  Recorder(monkeypatch)
+  pipeline.run_pipeline(cfg)
+  markers = phases.Markers(cfg.train.model_dir)
+  for name in ("student-2", "eval-student-2", "finetune", "eval-finetune", "export"):
+    os.remove(markers.path(name))
+  rec = Recorder(monkeypatch)
+  pipeline.run_pipeline(cfg)
+  assert rec.calls == ["student-2", "eval-student-2", "finetune", "eval-finetune",
+                       "export"]
 
 
-def _jpeg(seed):
-  buf = io.BytesIO()
-  pixels = np.random.RandomState(seed).randint(0, 256, (20, 24, 3)).astype(np.uint8)
-  Image.fromarray(pixels).save(buf, format="JPEG")
-  return buf.getvalue()
+def test_more_iterations_reuse_the_finished_ones(tmp_path, monkeypatch):
+  Recorder(monkeypatch)
+  pipeline.run_pipeline(_cfg(tmp_path, students=("efficientnet-b0",)))
+  rec = Recorder(monkeypatch)
+  pipeline.run_pipeline(_cfg(tmp_path))
+  # The phases after the last student are redone on the new last student.
+  assert rec.calls == ["predict-2", "balance-2", "student-2", "eval-student-2",
+                       "finetune", "eval-finetune", "export"]
 
 
-def test_predict_dataset_keys_bytes_and_skips(tmp_path):
-  root = tmp_path / "unlabeled"
-  root.mkdir()
-  for i in range(5):
-    (root / f"{i}.jpg").write_bytes(_jpeg(i))
-  (root / "3.jpg").write_bytes(b"\xff\xd8\xff corrupt")
-  src = sources.open_source(str(root))
-  counter = preprocess.SkipCounter()
-  batches = list(pipeline.predict_dataset(src, 16, 3, skip_counter=counter))
-  ids = [i.decode() for b in batches for i in b["id"].numpy()]
-  assert ids == [str(root / f"{i}.jpg") for i in (0, 1, 2, 4)]
-  assert counter.count == 1 and counter.ids == [str(root / "3.jpg")]
-  first = batches[0]
-  assert first["image"].shape == (3, 16, 16, 3) and first["image"].dtype == tf.float32
-  assert first["image/encoded"].numpy()[1] == _jpeg(1)
-  assert list(first["label"].numpy()) == [-1, -1, -1]
-  assert list(first["true_label"].numpy()) == [-1, -1, -1]
+def test_changed_flags_of_a_finished_phase_are_refused(tmp_path, monkeypatch):
+  cfg = _cfg(tmp_path)
+  Recorder(monkeypatch)
+  pipeline.run_pipeline(cfg)
+  changed = dataclasses.replace(
+      cfg, train=dataclasses.replace(cfg.train, train_steps=cfg.train.train_steps + 1))
+  rec = Recorder(monkeypatch)
+  with pytest.raises(phases.PhaseMismatchError,
+                     match=r"phase teacher .*train.train_steps: 1000 -> 1001"):
+    pipeline.run_pipeline(changed)
+  assert rec.calls == []
+  # Flags that only change speed or logging do not count as a change.
+  faster = dataclasses.replace(
+      cfg, train=dataclasses.replace(cfg.train, log_every_n_steps=7, iterations_per_loop=9))
+  pipeline.run_pipeline(faster)
+  assert rec.calls == []
 
 
-def test_predict_dataset_exposes_hidden_digit_labels(digits):
-  src = digits["unlabeled"]
-  batch = next(iter(pipeline.predict_dataset(src, 8, 50, small_image=True)))
-  assert (batch["label"].numpy() == -1).all()
-  for rid, y in zip(batch["id"].numpy(), batch["true_label"].numpy()):
-    assert src.true_labels[rid.decode()] == y
+def test_per_iteration_ratios_reach_the_students(tmp_path, monkeypatch):
+  seen = []
+  Recorder(monkeypatch)
+  monkeypatch.setattr(pipeline, "train_student", lambda ctx, i, name, ratio, balanced: (
+      seen.append(ratio) or results.TrainedModel(path=ctx.path(f"s{i}"), model_name=name,
+                                                 image_size=32, small_image=True)))
+  pipeline.run_pipeline(_cfg(tmp_path, student_unlabel_ratios=(14.0, 28.0)))
+  assert seen == [14.0, 28.0]
 
 
-def test_train_dataset_from_records_passes_keys_through():
-  probs = np.eye(3, dtype=np.float32)[[0, 1, 2, 1]]
-  records = tf.data.Dataset.from_tensor_slices({
-      "image/encoded": [_jpeg(i) for i in range(3)] + [b"broken"],
-      "image/id": [b"a", b"b", b"c", b"d"], "probabilities": probs})
-  counter = preprocess.SkipCounter()
-  ds = pipeline.train_dataset_from_records(
-      records, image_size=16, batch_size=3, config=CFG, repeat=False, shuffle=False,
-      skip_counter=counter)
-  # The whole dataset: after only the first batch, the parallel decode may not have
-  # reached the broken 4th record yet (one run of the suite saw an empty counter).
-  batches = list(ds)
-  assert len(batches) == 1  # The broken record is skipped, not batched.
-  batch = batches[0]
-  assert set(batch) == {"image", "image/id", "probabilities"}
-  assert batch["image"].shape == (3, 16, 16, 3)
-  np.testing.assert_array_equal(batch["probabilities"].numpy(), probs[:3])
-  assert counter.ids == ["d"]
-
-
-def test_input_context_gives_disjoint_worker_streams(digits):
-  ids = []
-  for i in range(3):
-    ctx = tf.distribute.InputContext(num_input_pipelines=3, input_pipeline_id=i)
-    ids.append({r["id"] for r in pipeline.shard(digits["test"], ctx).as_numpy_iterator()})
-  assert sum(len(s) for s in ids) == 400 and len(set.union(*ids)) == 400
-
-
-def test_under_mirrored_strategy(digits):
-  devices = tf.config.list_logical_devices("CPU")
-  if len(devices) < 2:
-    pytest.skip("needs the two logical CPUs of conftest.py")
-  strategy = tf.distribute.MirroredStrategy([d.name for d in devices[:2]])
-  def make(ctx):
-    return pipeline.labeled_train_dataset(
-        digits["labeled"], image_size=8, config=CFG, small_image=True,
-        batch_size=ctx.get_per_replica_batch_size(8), input_context=ctx)
-  dist = strategy.distribute_datasets_from_function(make)
-  x, y = next(iter(dist))
-  per_replica = strategy.experimental_local_results(x)
-  assert len(per_replica) == 2 and per_replica[0].shape == (4, 8, 8, 3)
+def test_eval_and_export_modes_find_the_last_model_of_a_pipeline(tmp_path, monkeypatch):
+  cfg = _cfg(tmp_path)
+  Recorder(monkeypatch)
+  pipeline.run_pipeline(cfg)
+  root = cfg.train.model_dir
+  assert pipeline.trained_model_of(root).path.endswith("finetune/final.keras")
+  markers = phases.Markers(root)
+  os.remove(markers.path("finetune"))
+  assert pipeline.trained_model_of(root).path.endswith("student_2")

@@ -5,7 +5,7 @@ import pytest
 import tensorflow as tf
 
 from noisy_student import evaluate
-from noisy_student.data import pipeline
+from noisy_student.data import datasets
 from noisy_student.data import sources
 from noisy_student.robustness import corruptions
 from noisy_student.robustness import fgsm
@@ -18,7 +18,7 @@ SEED = tf.constant([7, 11], tf.int64)
 @pytest.fixture(scope="module")
 def digits():
   """8 real eval images of the embedded default, float32 [8, 32, 32, 3] on 0..255."""
-  ds = pipeline.eval_dataset(sources.open_source("digits:test"), image_size=32,
+  ds = datasets.eval_dataset(sources.open_source("digits:test"), image_size=32,
                              batch_size=8, small_image=True)
   return next(iter(ds))[0]
 

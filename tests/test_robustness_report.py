@@ -12,6 +12,7 @@ import pytest
 import tensorflow as tf
 
 import flags
+from noisy_student import checks
 from noisy_student import config as config_lib
 from noisy_student import evaluate
 from noisy_student import phases
@@ -156,28 +157,28 @@ def _pipeline_cfg(root, mode="pipeline", **robust):
 
 
 def test_pipeline_evaluations_are_relative_to_the_teacher(tmp_path, monkeypatch):
-  teacher = pipeline.info_of(_model_dir(tmp_path / "teacher", seed=0))
-  student = pipeline.info_of(_model_dir(tmp_path / "student", seed=1))
+  teacher = pipeline.trained_model_of(_model_dir(tmp_path / "teacher", seed=0))
+  student = pipeline.trained_model_of(_model_dir(tmp_path / "student", seed=1))
   ctx = pipeline.Context(_pipeline_cfg(tmp_path / "run"))
   t = pipeline.evaluate_model(ctx, teacher, "teacher")
-  assert t["mce"] == pytest.approx(100.0)  # The teacher is its own baseline.
-  assert os.path.exists(t["robustness_report"])
-  phases.Markers(ctx.root).put("eval-teacher", {}, t, 1.0)
+  assert t.robustness["mce"] == pytest.approx(100.0)  # The teacher is its own baseline.
+  assert os.path.exists(t.robustness["robustness_report"])
+  phases.Markers(ctx.root).put("eval-teacher", {}, t.to_json(), 1.0)
   s = pipeline.evaluate_model(ctx, student, "student-1")
-  theirs = robustness.read_report(t["robustness_report"])
-  ours = robustness.read_report(s["robustness_report"])
+  theirs = robustness.read_report(t.robustness["robustness_report"])
+  ours = robustness.read_report(s.robustness["robustness_report"])
   ce = [100 * sum(ours["corruptions"][c]["errors"]) / sum(theirs["corruptions"][c]["errors"])
         for c in ("contrast", "pixelate")]
-  assert s["mce"] == pytest.approx(np.mean(ce)) and ours["baseline"] == "teacher"
+  assert s.robustness["mce"] == pytest.approx(np.mean(ce)) and ours["baseline"] == "teacher"
   rows = [pipeline.result_row("teacher", teacher, t), pipeline.result_row("s", student, s)]
-  assert rows[1]["mce"] == s["mce"] and rows[1]["fgsm_accuracy"] is None  # No eps given.
+  assert rows[1]["mce"] == s.robustness["mce"] and rows[1]["fgsm_accuracy"] is None  # No eps given.
   table = evaluate.format_table(rows).splitlines()
   assert table[0].split()[-4:] == ["corr.err", "mCE", "mFR", "FGSM"]
   teacher_cells = table[1].split()[-4:]  # corr.err, mCE, mFR, FGSM of the teacher.
-  assert teacher_cells[0] == f"{100 * t['corruption_error']:.1f}%"
+  assert teacher_cells[0] == f"{100 * t.robustness['corruption_error']:.1f}%"
   assert teacher_cells[1] == "100.0" and teacher_cells[3] == "-"
-  assert teacher_cells[2] == ("-" if t["mfr"] is None else "100.0")  # None: never flips.
-  assert table[2].split()[-3] == f"{s['mce']:.1f}"
+  assert teacher_cells[2] == ("-" if t.robustness["mfr"] is None else "100.0")  # None: never flips.
+  assert table[2].split()[-3] == f"{s.robustness['mce']:.1f}"
   evaluate.plot_results(rows, str(tmp_path / "results.png"))
 
   # --mode=eval with --robustness_baseline: the baseline model is evaluated once.
@@ -188,9 +189,9 @@ def test_pipeline_evaluations_are_relative_to_the_teacher(tmp_path, monkeypatch)
   baseline = str(tmp_path / "teacher" / "final.keras")
   eval_ctx = pipeline.Context(_pipeline_cfg(tmp_path / "eval", "eval", baseline=baseline))
   first = pipeline.evaluate_model(eval_ctx, student, "eval")
-  assert first["mce"] == pytest.approx(s["mce"])  # Same baseline model, same images.
+  assert first.robustness["mce"] == pytest.approx(s.robustness["mce"])  # Same baseline model, same images.
   again = pipeline.evaluate_model(eval_ctx, student, "eval")
-  assert again["mce"] == first["mce"] and calls == ["baseline", "eval", "eval"]
+  assert again.robustness["mce"] == first.robustness["mce"] and calls == ["baseline", "eval", "eval"]
   # A cached baseline from code that drew other corrupted images is measured again.
   cached = str(tmp_path / "eval" / "eval" / "baseline_robustness.json")
   old = robustness.read_report(cached)
@@ -200,11 +201,11 @@ def test_pipeline_evaluations_are_relative_to_the_teacher(tmp_path, monkeypatch)
   pipeline.evaluate_model(eval_ctx, student, "eval")
   assert calls[3:] == ["baseline", "eval"]
   assert robustness.read_report(cached)["settings"] == robustness.settings_of(
-      eval_ctx.cfg.robustness)
+      eval_ctx.cfg.robustness, eval_ctx.cfg.data.seed)
   with_report = pipeline.Context(_pipeline_cfg(tmp_path / "eval2", "eval",
-                                               baseline=t["robustness_report"]))
-  assert pipeline.evaluate_model(with_report, student, "eval")["mce"] == pytest.approx(
-      s["mce"])
+                                               baseline=t.robustness["robustness_report"]))
+  assert pipeline.evaluate_model(with_report, student, "eval").robustness["mce"] == pytest.approx(
+      s.robustness["mce"])
 
 
 def _flags(*argv):
@@ -225,31 +226,31 @@ def test_flags_reach_the_config(tmp_path):
   assert cfg == config_lib.RobustnessConfig(
       enabled=False, corruptions=("fog", "pixelate"), severities=(2, 5),
       perturbations=("rotate",), perturbation_frames=7, fgsm_epsilons=(0.0, 0.5, 3.0),
-      baseline=str(tmp_path), max_images=100, seed=4)
-  assert flags.validate(flags.to_config(_flags("--corruptions=all"))) == []
+      baseline=str(tmp_path), max_images=100)
+  assert checks.problems(flags.to_config(_flags("--corruptions=all"))) == []
 
 
 @pytest.mark.parametrize("argv, expected", [
     (["--corruptions=fog,frost"], "--corruptions: unknown corruption frost; known: "),
     (["--perturbations=tilt"], "--perturbations: unknown perturbation tilt"),
-    (["--severities=0,6"], "--severities=0,6: each must be in 1..5"),
+    (["--severities=0,6"], "--severities=0,6: each must be in [1, 5]"),
     (["--perturbation_frames=1"], "--perturbation_frames=1: must be >= 2"),
-    (["--fgsm_epsilons=-1"], "--fgsm_epsilons=-1: each must be in 0..255"),
+    (["--fgsm_epsilons=-1"], "--fgsm_epsilons=-1: each must be in [0, 255]"),
     (["--robustness_max_images=0"], "--robustness_max_images=0: must be > 0"),
     (["--robustness_baseline=/no/such/dir"],
      "--robustness_baseline=/no/such/dir: no such file or directory"),
 ])
 def test_bad_robustness_flags_fail_with_one_line(argv, expected):
-  errors = flags.validate(flags.to_config(_flags(*argv)))
+  errors = checks.problems(flags.to_config(_flags(*argv)))
   assert len(errors) == 1 and errors[0].startswith(expected), errors
   # The same values are fine when the report is off.
-  assert flags.validate(flags.to_config(_flags("--norobustness", *argv))) == []
+  assert checks.problems(flags.to_config(_flags("--norobustness", *argv))) == []
 
 
 def test_non_numeric_lists_are_config_errors():
-  with pytest.raises(flags.ConfigError, match="--severities=1,high: expected"):
+  with pytest.raises(checks.ConfigError, match="--severities=1,high: expected"):
     flags.to_config(_flags("--severities=1,high"))
-  with pytest.raises(flags.ConfigError, match="--fgsm_epsilons=small: expected"):
+  with pytest.raises(checks.ConfigError, match="--fgsm_epsilons=small: expected"):
     flags.to_config(_flags("--fgsm_epsilons=small"))
 
 

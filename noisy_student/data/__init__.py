@@ -7,10 +7,10 @@ See docs/data.md. Public API:
   randaugment.randaugment, randaugment.apply_op (the module)
   labeled_train_dataset, eval_dataset, predict_dataset, train_dataset_from_records
 """
-from noisy_student.data.pipeline import eval_dataset
-from noisy_student.data.pipeline import labeled_train_dataset
-from noisy_student.data.pipeline import predict_dataset
-from noisy_student.data.pipeline import train_dataset_from_records
+from noisy_student.data.datasets import eval_dataset
+from noisy_student.data.datasets import labeled_train_dataset
+from noisy_student.data.datasets import predict_dataset
+from noisy_student.data.datasets import train_dataset_from_records
 from noisy_student.data.preprocess import decode_image
 from noisy_student.data.preprocess import decode_or_skip
 from noisy_student.data.preprocess import preprocess_eval

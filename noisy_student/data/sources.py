@@ -16,68 +16,21 @@ Spec forms (see docs/data.md):
 from __future__ import annotations
 
 import collections
-import dataclasses
 import functools
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import List, Optional, Sequence
 
 from absl import logging
 import numpy as np
 import tensorflow as tf
+
+from noisy_student.data import tfds_source
+from noisy_student.data.source import DatasetFn, Source
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 # Files a directory of TFRecords may hold besides the records themselves.
 _NON_RECORD_EXTENSIONS = IMAGE_EXTENSIONS + (".json", ".txt", ".md", ".tmp", ".csv")
 # Counting classes needs a full read; skip it above this many bytes (ImageNet is 140 GB).
 _MAX_BYTES_TO_COUNT = 256 << 20
-
-DatasetFn = Callable[[int, int], tf.data.Dataset]
-
-
-@dataclasses.dataclass
-class Source:
-  """A named stream of raw records; see the module docstring for the record keys.
-
-  Attributes:
-    spec: the spec string it was opened from.
-    labeled: whether `label` is known (>= 0) for the records.
-    class_names: class names indexed by label, or None when unknown.
-    size: number of records, or None when unknown without a full read.
-    true_labels: for `digits:unlabeled` only, {id: true label} of the hidden labels, so
-      pseudo-label accuracy can be measured (the records themselves carry label -1).
-  """
-  spec: str
-  labeled: bool
-  class_names: Optional[List[str]]
-  size: Optional[int]
-  _dataset_fn: DatasetFn = dataclasses.field(repr=False)
-  true_labels: Optional[Dict[str, int]] = dataclasses.field(default=None, repr=False)
-  class_counts: Optional[Dict[int, int]] = dataclasses.field(default=None, repr=False)
-
-  @property
-  def num_classes(self) -> Optional[int]:
-    """Number of classes, or None when the source does not name them."""
-    return len(self.class_names) if self.class_names is not None else None
-
-  def dataset(self, num_workers: int = 1, worker_index: int = 0) -> tf.data.Dataset:
-    """Returns worker `worker_index`'s part of the records (all of them for 1 worker)."""
-    if num_workers < 1 or not 0 <= worker_index < num_workers:
-      raise ValueError(f"{self.spec}: worker_index={worker_index} must be in "
-                       f"[0, num_workers={num_workers}).")
-    return self._dataset_fn(num_workers, worker_index)
-
-  def describe(self) -> str:
-    """One line: spec, labeled or not, size, classes and per-class counts if known."""
-    parts = [self.spec, "labeled" if self.labeled else "unlabeled",
-             f"{self.size if self.size is not None else 'unknown number of'} records"]
-    if self.class_names is not None:
-      names = ", ".join(self.class_names[:20])
-      more = "" if len(self.class_names) <= 20 else f", ... ({len(self.class_names)})"
-      parts.append(f"classes [{names}{more}]")
-    if self.class_counts:
-      counts = ", ".join(f"{k}:{v}" for k, v in sorted(self.class_counts.items())[:20])
-      parts.append(f"counts per label {{{counts}}}")
-    return "; ".join(parts)
-
 
 def open_source(spec: str, *, tfds_data_dir: Optional[str] = None,
                 label_offset: int = 0, seed: int = 0, digits_num_labeled: int = 500,
@@ -97,8 +50,6 @@ def open_source(spec: str, *, tfds_data_dir: Optional[str] = None,
   Raises:
     ValueError / FileNotFoundError naming the spec or path at fault.
   """
-  # Imported here: the two modules import each other's helpers only at call time.
-  from noisy_student.data import tfds_source  # pylint: disable=g-import-not-at-top
   if not spec:
     raise ValueError("Empty source spec.")
   if spec.startswith("digits:"):

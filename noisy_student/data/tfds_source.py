@@ -11,7 +11,7 @@ from typing import Optional
 
 import tensorflow as tf
 
-from noisy_student.data import sources
+from noisy_student.data.source import Source
 
 _MAX_BYTES_TO_COUNT = 256 << 20  # Counting classes reads every record; skip if larger.
 
@@ -52,7 +52,7 @@ def _feature_keys(name: str, info):
   return images[0], label_key
 
 
-def open_tfds(spec: str, data_dir: Optional[str]) -> sources.Source:
+def open_tfds(spec: str, data_dir: Optional[str]) -> Source:
   """Opens "tfds:NAME:SPLIT" from `data_dir` (see the module docstring)."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   parts = spec.split(":", 2)
@@ -91,5 +91,5 @@ def open_tfds(spec: str, data_dir: Optional[str]) -> sources.Source:
   if label_key and (builder.info.dataset_size or 0) <= _MAX_BYTES_TO_COUNT:
     counts = dict(collections.Counter(
         int(y) for y in make(1, 0).map(lambda r: r["label"]).as_numpy_iterator()))
-  return sources.Source(spec, label_key is not None, class_names, size, make,
+  return Source(spec, label_key is not None, class_names, size, make,
                         class_counts=counts)

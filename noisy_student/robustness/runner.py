@@ -40,14 +40,15 @@ SEED_CHUNK = 16
 SAMPLING_VERSION = 2
 
 
-def settings_of(cfg: config_lib.RobustnessConfig) -> Dict[str, Any]:
-  """What a report was made with (names resolved); equal settings give comparable reports."""
+def settings_of(cfg: config_lib.RobustnessConfig, seed: int = 0) -> Dict[str, Any]:
+  """What a report was made with (names resolved, the run's seed); equal settings give
+  comparable reports."""
   return {"corruptions": list(corruptions.resolve(cfg.corruptions)),
           "severities": [int(s) for s in cfg.severities],
           "perturbations": list(perturbations.resolve(cfg.perturbations)),
           "perturbation_frames": int(cfg.perturbation_frames),
           "fgsm_epsilons": [float(e) for e in cfg.fgsm_epsilons],
-          "max_images": cfg.max_images or None, "seed": int(cfg.seed),
+          "max_images": cfg.max_images or None, "seed": int(seed),
           "sampling_version": SAMPLING_VERSION}
 
 
@@ -156,14 +157,14 @@ def evaluate_robustness(model: keras.Model, dataset: tf.data.Dataset,
                         cfg: config_lib.RobustnessConfig, *, image_size: int,
                         baseline: Optional[dict] = None,
                         strategy: Optional[tf.distribute.Strategy] = None,
-                        batch_size: Optional[int] = None, name: str = "model"
-                        ) -> Dict[str, Any]:
+                        batch_size: Optional[int] = None, name: str = "model",
+                        seed: int = 0) -> Dict[str, Any]:
   """Corruption errors, perturbation flip rates and FGSM accuracy of `model`.
 
   Args:
     model: logits model on float32 [B, S, S, 3] 0..255 images (under `strategy.scope()`).
     dataset: batched eval `(images, labels)` or `{"image", "label"}`, as
-      `noisy_student.data.pipeline.eval_dataset` yields; label -1 (unknown) is skipped.
+      `noisy_student.data.datasets.eval_dataset` yields; label -1 (unknown) is skipped.
     cfg: which corruptions, severities, perturbations, frames, eps; `max_images` caps
       the images used (the first ones, for speed).
     image_size: S (recorded; corruption sizes scale with the images' own size).
@@ -171,6 +172,7 @@ def evaluate_robustness(model: keras.Model, dataset: tf.data.Dataset,
     strategy: tf.distribute strategy; default: the current one.
     batch_size: the dataset's batch size; None reads it from the first batch.
     name: the model's name in the report.
+    seed: of the corruptions' and perturbations' randomness (the run's --seed).
 
   Returns:
     A JSON-able dict: clean_error; corruptions[c] = {category, errors per severity (in
@@ -180,7 +182,7 @@ def evaluate_robustness(model: keras.Model, dataset: tf.data.Dataset,
     probabilities and accuracies are fractions; CE, FR and their means percentages.
   """
   strategy = strategy or tf.distribute.get_strategy()
-  settings = settings_of(cfg)
+  settings = settings_of(cfg, seed)
   start = time.time()
   batch_size = batch_size or _batch_size(_as_pairs(dataset))
   ds = _pairs(dataset, cfg.max_images, batch_size)
@@ -193,13 +195,13 @@ def evaluate_robustness(model: keras.Model, dataset: tf.data.Dataset,
             "clean_error": 1.0 - float(clean["correct"]) / float(clean["images"]),
             "corruptions": {}, "perturbations": {}}
   for c in settings["corruptions"]:
-    errors = [passes.error(_corrupted(ds, c, s, cfg.seed, batch_size), f"{c} severity {s}")
+    errors = [passes.error(_corrupted(ds, c, s, seed, batch_size), f"{c} severity {s}")
               for s in settings["severities"]]
     result["corruptions"][c] = {"category": corruptions.CORRUPTIONS[c].category,
                                 "errors": errors, "mean_error": sum(errors) / len(errors)}
   frames = settings["perturbation_frames"]
   for p in settings["perturbations"]:
-    sums = passes.run(passes.flips, _videos(ds, p, frames, batch_size, cfg.seed), p)
+    sums = passes.run(passes.flips, _videos(ds, p, frames, batch_size, seed), p)
     key = "vs_first" if perturbations.PERTURBATIONS[p].noise else "vs_previous"
     result["perturbations"][p] = {"flip_probability": float(sums[key]) / int(sums["videos"])}
   result["fgsm"] = {"epsilons": settings["fgsm_epsilons"], "accuracy": []}

@@ -23,6 +23,8 @@ from absl import logging
 import keras
 import tensorflow as tf
 
+import efficientnet
+import efficientnet.layers  # noqa: F401  Registers StochasticDepth, which .keras files name.
 from noisy_student import atomic
 from noisy_student.config import ModelConfig
 from noisy_student.train import ema as ema_lib
@@ -37,7 +39,7 @@ def _join(directory: str, name: str) -> str:
 
 
 def write_json_atomic(path: str, payload: Dict[str, Any]) -> None:
-  """Writes JSON to path + '.tmp' then renames it over path."""
+  """Writes JSON to `path` atomically."""
   atomic.write_text(path, json.dumps(payload, indent=2, sort_keys=True))
 
 
@@ -51,7 +53,6 @@ def read_json(path: str) -> Dict[str, Any]:
 
 def build_model(model_cfg: ModelConfig, name: Optional[str] = None) -> keras.Model:
   """ModelConfig -> keras.Model through the one EfficientNet builder (Contract 1)."""
-  import efficientnet  # pylint: disable=import-outside-toplevel (keeps this module light)
   return efficientnet.build_model(
       model_cfg.model_name, model_cfg.num_label_classes,
       image_size=model_cfg.input_image_size, dropout_rate=model_cfg.dropout_rate,
@@ -170,6 +171,4 @@ def save_final_model(model: keras.Model, model_dir: str) -> str:
   with tempfile.TemporaryDirectory() as tmp_dir:
     local = os.path.join(tmp_dir, FINAL_MODEL)
     model.save(local)
-    tf.io.gfile.copy(local, path + ".tmp", overwrite=True)
-  tf.io.gfile.rename(path + ".tmp", path, overwrite=True)
-  return path
+    return atomic.copy_file(local, path)

@@ -9,7 +9,6 @@ when there are several local GPUs, else default.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 from typing import Optional
@@ -17,22 +16,7 @@ from typing import Optional
 from absl import logging
 import tensorflow as tf
 
-from noisy_student.config import DistributeConfig, ModelConfig
-
-STRATEGIES = ("auto", "default", "one_device", "mirrored", "multi_worker", "tpu")
-
-
-def _tf_config_workers() -> int:
-  """Number of workers TF_CONFIG describes (0 when it is unset)."""
-  raw = os.environ.get("TF_CONFIG")
-  if not raw:
-    return 0
-  try:
-    cluster = json.loads(raw).get("cluster", {})
-  except json.JSONDecodeError as e:
-    raise ValueError(f"TF_CONFIG is not valid JSON ({e}): {raw[:200]}") from e
-  return len(cluster.get("worker", [])) + len(cluster.get("chief", []))
-
+from noisy_student.config import STRATEGIES, DistributeConfig, ModelConfig
 
 def resolve_strategy_name(cfg: DistributeConfig) -> str:
   """The concrete strategy "auto" stands for on this machine."""
@@ -42,7 +26,7 @@ def resolve_strategy_name(cfg: DistributeConfig) -> str:
     return cfg.strategy
   if cfg.use_tpu or cfg.tpu:
     return "tpu"
-  if _tf_config_workers() > 1:
+  if cfg.multi_worker():
     return "multi_worker"
   if len(tf.config.list_logical_devices("GPU")) > 1:
     return "mirrored"
@@ -128,9 +112,7 @@ def unlabeled_per_replica(per_replica_labeled: int, unlabel_ratio: float) -> int
 def resolve_model_config(model_cfg: ModelConfig, dist_cfg: DistributeConfig,
                          strategy: tf.distribute.Strategy) -> ModelConfig:
   """Sets sync batch norm (replicas > 1) and the precision policy for this strategy."""
-  policy = model_cfg.dtype_policy
-  if policy == "float32":
-    policy = precision_policy(dist_cfg, strategy)
+  policy = model_cfg.dtype_policy or precision_policy(dist_cfg, strategy)
   return dataclasses.replace(
       model_cfg, dtype_policy=policy,
       sync_batch_norm=model_cfg.sync_batch_norm or strategy.num_replicas_in_sync > 1)

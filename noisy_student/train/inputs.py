@@ -8,7 +8,7 @@ Each replica's batch is a dict:
 with b = train_batch_size / replicas and u = ceil(unlabel_ratio * b).
 
 Either stream may be given raw (a Contract-2 Source, pseudo-label TFRecords, or records
-with "image/encoded") - then the stages of noisy_student.data.pipeline decode and noise
+with "image/encoded") - then the stages of noisy_student.data.datasets decode and noise
 it - or as a tf.data.Dataset of already preprocessed examples (see `train`).
 
 Resume: each stream is a sequence of whole epochs, each shuffled with its own seed, so
@@ -24,6 +24,9 @@ from typing import Any, Callable, Dict, Optional
 import tensorflow as tf
 
 from noisy_student.config import DataConfig
+from noisy_student.data import datasets
+from noisy_student.data import preprocess
+import tfrecords
 
 SUPERVISED, STORED, TEACHER = "supervised", "stored", "teacher"
 _EPOCH_SEED_STRIDE = 1_000_003  # Keeps the shuffle seeds of consecutive epochs apart.
@@ -78,7 +81,6 @@ def epoch_stream(records: tf.data.Dataset, buffer_size: int, seed: int,
 
 def _add_teacher_view(ds: tf.data.Dataset, size: int, small_image: bool) -> tf.data.Dataset:
   """Adds the un-noised eval view the on-the-fly teacher sees, at its own resolution."""
-  from noisy_student.data import preprocess  # pylint: disable=import-outside-toplevel
   return ds.map(lambda r: dict(r, teacher_image=preprocess.preprocess_eval(
       r["image"], size, small_image)), num_parallel_calls=tf.data.AUTOTUNE)
 
@@ -86,13 +88,11 @@ def _add_teacher_view(ds: tf.data.Dataset, size: int, small_image: bool) -> tf.d
 def _preprocess(records: tf.data.Dataset, data_cfg: DataConfig, spec: InputSpec,
                 seed: int, worker: int, teacher_view: bool) -> tf.data.Dataset:
   """Raw records -> dicts with the noised "image" (the pipeline's named stages)."""
-  from noisy_student.data import pipeline  # pylint: disable=import-outside-toplevel
-  from noisy_student.data import preprocess  # pylint: disable=import-outside-toplevel
-  ds = pipeline.with_seeds(records, seed, worker)
+  ds = datasets.with_seeds(records, seed, worker)
   ds = preprocess.decode_or_skip(ds)
   if teacher_view:
     ds = _add_teacher_view(ds, spec.teacher_image_size, spec.small_image)
-  ds = pipeline.train_preprocess(ds, spec.image_size, data_cfg, spec.small_image)
+  ds = datasets.train_preprocess(ds, spec.image_size, data_cfg, spec.small_image)
   return ds.map(lambda r: {k: v for k, v in r.items() if k != "image/encoded"})
 
 
@@ -120,7 +120,6 @@ def unlabeled_records(pseudo_labels) -> tf.data.Dataset:
   pattern has none).
   """
   if isinstance(pseudo_labels, str):
-    import tfrecords  # pylint: disable=import-outside-toplevel
     return tfrecords.read_pseudo_labels(pseudo_labels, tfrecords.plan_in(pseudo_labels))
   return pseudo_labels
 

@@ -12,12 +12,12 @@ from absl import logging
 import keras
 import tensorflow as tf
 
+import efficientnet
+from noisy_student import settings
 from noisy_student.config import ModelConfig, TrainConfig
 from noisy_student.train import checkpoints
 from noisy_student.train import distribute
 from noisy_student.train import inputs as inputs_lib
-from noisy_student.train import losses
-from noisy_student.train import schedules
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,25 +29,13 @@ class PreparedInputs:
   class_names: Optional[Sequence[str]]
 
 
-def check_train_config(cfg: TrainConfig) -> None:
-  """Rejects values that would fail later or train silently wrong."""
-  positive = ("train_batch_size", "train_steps", "save_checkpoints_steps",
-              "keep_checkpoint_max", "iterations_per_loop", "log_every_n_steps")
-  for name in positive:
-    if getattr(cfg, name) <= 0:
-      raise ValueError(f"--{name}={getattr(cfg, name)} must be > 0.")
-  if cfg.unlabel_ratio < 0:
-    raise ValueError(f"--unlabel_ratio={cfg.unlabel_ratio} must be >= 0.")
-  if not 0 <= cfg.moving_average_decay < 1:
-    raise ValueError(f"--moving_average_decay={cfg.moving_average_decay} must be in "
-                     "[0, 1) (0 disables the EMA).")
-  if cfg.optimizer not in schedules.OPTIMIZERS:
-    raise ValueError(f"--optimizer={cfg.optimizer!r}; use one of {schedules.OPTIMIZERS}.")
-  if cfg.lr_schedule not in schedules.SCHEDULES:
-    raise ValueError(f"--lr_schedule={cfg.lr_schedule!r}; use one of "
-                     f"{schedules.SCHEDULES}.")
-  if cfg.unlabel_ratio > 0:
-    losses.targets_from_probs(tf.ones([1, 2]), cfg.teacher_softmax_temp)  # Validates T.
+def check_train_config(cfg: TrainConfig) -> TrainConfig:
+  """Rejects values that would fail later or train silently wrong (the settings' own
+  checks); returns `cfg` with an unset unlabel_ratio read as 0 (a teacher)."""
+  settings.require(cfg)
+  if cfg.unlabel_ratio is None:
+    cfg = dataclasses.replace(cfg, unlabel_ratio=0.0)
+  return cfg
 
 
 def chief_and_checkpoint_dir(strategy: tf.distribute.Strategy, model_dir: str):
@@ -173,7 +161,7 @@ def prepare_inputs(model_cfg: ModelConfig, cfg: TrainConfig, strategy, labeled_s
   labeled_batch = distribute.per_replica_batch(cfg.train_batch_size, strategy)
   unlabeled_batch = (0 if mode == inputs_lib.SUPERVISED else
                      distribute.unlabeled_per_replica(labeled_batch, cfg.unlabel_ratio))
-  image_size = model_cfg.input_image_size or _native_resolution(model_cfg.model_name)
+  image_size = model_cfg.input_image_size or efficientnet.native_resolution(model_cfg.model_name)
   spec = inputs_lib.InputSpec(mode, labeled_batch, unlabeled_batch, image_size, None,
                               model_cfg.num_label_classes, model_cfg.small_image)
   num_images = _num_train_images(cfg, labeled_source, chief)
@@ -183,8 +171,3 @@ def prepare_inputs(model_cfg: ModelConfig, cfg: TrainConfig, strategy, labeled_s
                model_cfg.model_name, labeled_batch, unlabeled_batch,
                strategy.num_replicas_in_sync, num_images)
   return PreparedInputs(labeled_source, unlabeled, spec, num_images, class_names)
-
-
-def _native_resolution(model_name: str) -> int:
-  import efficientnet  # pylint: disable=import-outside-toplevel
-  return efficientnet.native_resolution(model_name)

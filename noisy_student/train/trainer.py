@@ -118,7 +118,7 @@ def train(model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg: TrainConfig,
     loss (the last good checkpoint is left as it was), and preemption.Preempted (a
     SystemExit) after saving a checkpoint when the process got SIGTERM.
   """
-  preflight.check_train_config(train_cfg)
+  train_cfg = preflight.check_train_config(train_cfg)
   strategy = strategy or distribute.make_strategy(dist_cfg)
   model_cfg = distribute.resolve_model_config(model_cfg, dist_cfg, strategy)
   chief, ckpt_dir = preflight.chief_and_checkpoint_dir(strategy, train_cfg.model_dir)

@@ -61,7 +61,7 @@ def train_preprocess(ds: tf.data.Dataset, image_size: int, config: DataConfig,
                   randaug_layer=config.randaug_layer, randaug_mag=config.randaug_mag,
                   cutout_op=config.cutout_op)
     if small_image:
-      out = preprocess.preprocess_small_train(image, image_size, seed, cutout=config.cutout,
+      out = preprocess.preprocess_small_train(image, image_size, seed, cutout=config.small_image_cutout,
                                               **kwargs)
     else:
       out = preprocess.preprocess_train(image, image_size, seed, **kwargs)

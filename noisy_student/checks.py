@@ -1,0 +1,181 @@
+"""Checks a Config before any work starts: one clear line per problem.
+
+`check(cfg)` is what the command line and the Python API (`noisy_student.modes.run`) both
+call. Each message names the flag (and value) at fault and what to do instead, so a cloud
+job fails in seconds rather than after an hour of teacher training. Pure Python: the
+range checks come from the settings' declarations (noisy_student/config.py); TensorFlow
+is imported only to look at gs:// paths, and the robustness tables only when corruption
+or perturbation names are given.
+"""
+from __future__ import annotations
+
+import glob
+import os
+from typing import List
+
+import efficientnet  # The model table; importing it does not load Keras.
+from noisy_student import ablation_variants
+from noisy_student import config as config_lib
+from noisy_student import settings
+from noisy_student.config import Config
+
+_BUILTIN_PREFIXES = ("digits:", "tfds:")
+
+
+class ConfigError(ValueError):
+  """A setting, or a combination of settings, that cannot run."""
+
+
+def check(cfg: Config) -> Config:
+  """Returns `cfg`, or raises ConfigError whose message lists every problem, one a line."""
+  errors = problems(cfg)
+  if errors:
+    raise ConfigError("\n".join(errors))
+  return cfg
+
+
+def problems(cfg: Config) -> List[str]:
+  """One line per problem in `cfg` (empty when it can run)."""
+  errors = settings.problems(cfg)
+  for _, section in cfg.sections():
+    if getattr(section, "active", lambda: True)():
+      errors += settings.problems(section)
+      errors += section.problems() if hasattr(section, "problems") else []
+  return (errors + _models(cfg) + _ratios(cfg) + _conflicts(cfg) + _paths(cfg) +
+          _ablation(cfg) + _robustness(cfg))
+
+
+def _models(cfg: Config) -> List[str]:
+  names, resolution = efficientnet.MODEL_NAMES, efficientnet.native_resolution
+  known = ", ".join(sorted(names))
+  all_names = [("model_name", cfg.model.model_name)]
+  all_names += [("student_model_names", n) for n in cfg.student_model_names]
+  if cfg.train.teacher_model_name:
+    all_names.append(("teacher_model_name", cfg.train.teacher_model_name))
+  errors = [f"--{flag}: unknown model '{name}'; known: {known}"
+            for flag, name in all_names if name not in names]
+  if errors or cfg.mode != "pipeline" or cfg.pipeline.allow_smaller_student:
+    return errors
+  # The paper's student is equal or larger than its teacher; the native resolution
+  # orders the family (test < b0 < ... < b8 < l2).
+  previous = cfg.model.model_name
+  for i, name in enumerate(cfg.student_model_names):
+    if resolution(name) < resolution(previous):
+      errors.append(
+          f"--student_model_names: iteration {i + 1}'s student {name} is smaller than its "
+          f"teacher {previous}; use an equal or larger model or --allow_smaller_student")
+    previous = name
+  return errors
+
+
+def _ratios(cfg: Config) -> List[str]:
+  n, students = len(cfg.pipeline.student_unlabel_ratios), len(cfg.student_model_names)
+  if n in (0, 1, students):
+    return []
+  return [f"--student_unlabel_ratios has {n} values for {students} "
+          "--student_model_names; give one per iteration or a single value"]
+
+
+def _conflicts(cfg: Config) -> List[str]:
+  d, t, loop = cfg.distribute, cfg.train, cfg.mode in config_lib.LOOP_MODES
+  ratio = t.unlabel_ratio
+  pairs = [
+      (d.use_tpu and d.strategy not in ("auto", "tpu"),
+       f"--use_tpu conflicts with --strategy={d.strategy}; drop one"),
+      (d.strategy == "tpu" and not d.use_tpu, "--strategy=tpu needs --use_tpu (and --tpu=NAME)"),
+      (d.use_tpu and not t.model_dir.startswith("gs://"),
+       f"--model_dir={t.model_dir}: a TPU reads and writes only gs:// paths"),
+      (d.use_bfloat16 and cfg.model.dtype_policy not in (None, "mixed_bfloat16"),
+       f"--use_bfloat16 conflicts with --dtype_policy={cfg.model.dtype_policy}"),
+      (t.pseudo_label_dir and t.teacher_model_path,
+       "--pseudo_label_dir and --teacher_model_path both give the student its "
+       "pseudo-labels; use one"),
+      (cfg.mode == "train" and (ratio or 0) > 0 and not (t.pseudo_label_dir or
+                                                         t.teacher_model_path),
+       f"--unlabel_ratio={settings.show(ratio)} trains a student: give --pseudo_label_dir "
+       "(from --mode=filter) or --teacher_model_path"),
+      (loop and not cfg.pipeline.student_unlabel_ratios and ratio is not None and ratio <= 0,
+       f"--unlabel_ratio={settings.show(ratio)}: the students of --mode={cfg.mode} need a "
+       "ratio > 0 (or --student_unlabel_ratios)"),
+      (cfg.mode == "pipeline" and not cfg.student_model_names,
+       "--mode=pipeline needs --student_model_names (one model per iteration)"),
+      (loop and d.multi_worker(),
+       f"--mode={cfg.mode} runs on one machine (its predict and filter phases are not "
+       "split across workers); on a cluster run --mode=train / predict / filter as "
+       "separate jobs (docs/usage.md)"),
+      (loop and (t.pseudo_label_dir or t.teacher_model_path),
+       f"--mode={cfg.mode} makes its own pseudo-labels; drop --pseudo_label_dir / "
+       "--teacher_model_path (they are for --mode=train)"),
+  ]
+  return [message for bad, message in pairs if bad]
+
+
+def exists(path: str) -> bool:
+  """Whether a local or gs:// path (or glob pattern) names anything."""
+  pattern = any(c in path for c in "*?[")
+  if "://" not in path:
+    return bool(glob.glob(path)) if pattern else os.path.exists(path)
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel (only for remote paths)
+  return bool(tf.io.gfile.glob(path)) if pattern else tf.io.gfile.exists(path)
+
+
+def _paths(cfg: Config) -> List[str]:
+  """Paths this mode reads must exist (local or gs://)."""
+  t, d, mode = cfg.train, cfg.data, cfg.mode
+  paths = [("init_model_path", t.init_model_path),
+           ("teacher_model_path", t.teacher_model_path)]
+  if mode == "train":
+    paths += [("label_data_dir", d.label_data_dir), ("pseudo_label_dir", t.pseudo_label_dir)]
+  elif mode == "predict":
+    paths += [("unlabel_data_dir", d.unlabel_data_dir),
+              ("predict_ckpt_path", cfg.predict.predict_ckpt_path or t.model_dir)]
+  elif mode == "filter":
+    paths += [("output_dir", cfg.predict.output_dir or pseudo_label_dir(cfg))]
+  elif mode in ("eval", "export"):
+    paths += [("model_dir", t.model_dir)]
+    if mode == "eval":
+      paths.append(("eval_data_dir", d.eval_data_dir))
+  elif mode in config_lib.LOOP_MODES:
+    paths += [("label_data_dir", d.label_data_dir), ("unlabel_data_dir", d.unlabel_data_dir),
+              ("eval_data_dir", d.eval_data_dir)]
+  if cfg.robustness.enabled and cfg.robustness.baseline:
+    paths.append(("robustness_baseline", cfg.robustness.baseline))
+  return [f"--{flag}={path}: no such file or directory"
+          for flag, path in paths
+          if path and not path.startswith(_BUILTIN_PREFIXES) and not exists(path)]
+
+
+def pseudo_label_dir(cfg: Config) -> str:
+  """Where --mode=predict writes and --mode=filter reads: --output_dir, else
+  <model_dir>/pseudo."""
+  return cfg.predict.output_dir or f"{cfg.train.model_dir.rstrip('/')}/pseudo"
+
+
+def _ablation(cfg: Config) -> List[str]:
+  if cfg.mode != "ablate":
+    return []
+  a, errors = cfg.ablation, []
+  unknown = [n for n in a.ablations if n not in ablation_variants.VARIANTS]
+  if unknown:
+    errors.append(f"--ablations: unknown {','.join(unknown)}; known: "
+                  f"{', '.join(ablation_variants.VARIANTS)}")
+  return errors
+
+
+def _robustness(cfg: Config) -> List[str]:
+  r = cfg.robustness
+  if not r.enabled or not (r.corruptions or r.perturbations):
+    return []
+  # The tables hold TensorFlow functions: loaded only when names are given.
+  # pylint: disable=import-outside-toplevel
+  from noisy_student.robustness import corruptions
+  from noisy_student.robustness import perturbations
+  # pylint: enable=import-outside-toplevel
+  errors = []
+  for flag, resolve, names in (("corruptions", corruptions.resolve, r.corruptions),
+                               ("perturbations", perturbations.resolve, r.perturbations)):
+    try:
+      resolve(names)
+    except ValueError as e:
+      errors.append(f"--{flag}: {e}")
+  return errors

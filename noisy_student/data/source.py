@@ -1,0 +1,60 @@
+"""The Contract-2 type every source opener returns (docs/DESIGN.md): a named stream of raw
+records `{"image/encoded", "id", "label"}` split into disjoint worker parts.
+
+Its own module so that the openers (sources.py, tfds_source.py) share it without
+importing each other.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Dict, List, Optional
+
+import tensorflow as tf
+
+DatasetFn = Callable[[int, int], tf.data.Dataset]
+
+
+@dataclasses.dataclass
+class Source:
+  """A named stream of raw records; see the module docstring for the record keys.
+
+  Attributes:
+    spec: the spec string it was opened from.
+    labeled: whether `label` is known (>= 0) for the records.
+    class_names: class names indexed by label, or None when unknown.
+    size: number of records, or None when unknown without a full read.
+    true_labels: for `digits:unlabeled` only, {id: true label} of the hidden labels, so
+      pseudo-label accuracy can be measured (the records themselves carry label -1).
+  """
+  spec: str
+  labeled: bool
+  class_names: Optional[List[str]]
+  size: Optional[int]
+  _dataset_fn: DatasetFn = dataclasses.field(repr=False)
+  true_labels: Optional[Dict[str, int]] = dataclasses.field(default=None, repr=False)
+  class_counts: Optional[Dict[int, int]] = dataclasses.field(default=None, repr=False)
+
+  @property
+  def num_classes(self) -> Optional[int]:
+    """Number of classes, or None when the source does not name them."""
+    return len(self.class_names) if self.class_names is not None else None
+
+  def dataset(self, num_workers: int = 1, worker_index: int = 0) -> tf.data.Dataset:
+    """Returns worker `worker_index`'s part of the records (all of them for 1 worker)."""
+    if num_workers < 1 or not 0 <= worker_index < num_workers:
+      raise ValueError(f"{self.spec}: worker_index={worker_index} must be in "
+                       f"[0, num_workers={num_workers}).")
+    return self._dataset_fn(num_workers, worker_index)
+
+  def describe(self) -> str:
+    """One line: spec, labeled or not, size, classes and per-class counts if known."""
+    parts = [self.spec, "labeled" if self.labeled else "unlabeled",
+             f"{self.size if self.size is not None else 'unknown number of'} records"]
+    if self.class_names is not None:
+      names = ", ".join(self.class_names[:20])
+      more = "" if len(self.class_names) <= 20 else f", ... ({len(self.class_names)})"
+      parts.append(f"classes [{names}{more}]")
+    if self.class_counts:
+      counts = ", ".join(f"{k}:{v}" for k, v in sorted(self.class_counts.items())[:20])
+      parts.append(f"counts per label {{{counts}}}")
+    return "; ".join(parts)

@@ -1,0 +1,89 @@
+"""What the phases of a run hand each other: frozen dataclasses with a JSON form.
+
+A phase's result is stored in its completion marker (noisy_student/phases.py) as
+`to_json()` and read back with `from_json()`, so a resumed run continues from typed values,
+not from dicts whose shape each caller rebuilds. Pure Python.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Dict, Optional, Type, TypeVar
+
+T = TypeVar("T", bound="Result")
+
+
+class Result:
+  """JSON round trip for the result dataclasses below."""
+
+  def to_json(self) -> Dict[str, Any]:
+    return dataclasses.asdict(self)
+
+  @classmethod
+  def from_json(cls: Type[T], payload: Dict[str, Any]) -> T:
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in payload.items() if k in names})
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainedModel(Result):
+  """A trained (or fine-tuned) model: where it is and how to feed it.
+
+  `path` is a model_dir (checkpoints, build_config.json) or a `.keras` file inside one;
+  either way `directory` holds the build_config.json with its class names.
+  """
+  path: str
+  model_name: str
+  image_size: int
+  small_image: bool
+  global_step: int = 0
+  finetuned_from: Optional[str] = None
+
+  @property
+  def directory(self) -> str:
+    return self.path.rsplit("/", 1)[0] if self.path.endswith(".keras") else self.path
+
+
+@dataclasses.dataclass(frozen=True)
+class PseudoLabels(Result):
+  """The predict phase's shards."""
+  output_dir: str
+  records_written: int = 0
+  corrupt_skipped: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class BalancedPseudoLabels(Result):
+  """The filter phase's plan over a pseudo-label directory (confidence and balance)."""
+  output_dir: str
+  plan_path: str
+  report_path: str
+  totals: Dict[str, int] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class Evaluation(Result):
+  """Top-1 / top-k of a model on the eval data, and its robustness summary when run
+  (noisy_student.robustness.SUMMARY_KEYS: mce, mfr, fgsm_accuracy, the report's path)."""
+  top1: float
+  top5: float
+  top_k: int
+  num_images: int
+  report: str
+  robustness: Dict[str, Any] = dataclasses.field(default_factory=dict)
+
+  def to_json(self) -> Dict[str, Any]:
+    """Flat: the robustness numbers sit beside top-1, as in the results table."""
+    payload = dataclasses.asdict(self)
+    return {**{k: v for k, v in payload.items() if k != "robustness"}, **self.robustness}
+
+  @classmethod
+  def from_json(cls, payload: Dict[str, Any]) -> "Evaluation":
+    names = {f.name for f in dataclasses.fields(cls)} - {"robustness"}
+    return cls(**{k: v for k, v in payload.items() if k in names},
+               robustness={k: v for k, v in payload.items() if k not in names})
+
+
+@dataclasses.dataclass(frozen=True)
+class Exported(Result):
+  """The SavedModel for serving."""
+  export_path: str
