@@ -141,7 +141,20 @@ class TrainConfig:
       "runs/default", "Where checkpoints, summaries, results and the resolved config go "
       "(local or gs://). In --mode=pipeline, each phase gets a sub-folder.")
   train_batch_size: int = setting(128, "Global labeled batch size.", check=greater(0))
-  train_steps: int = setting(1000, "Training steps (students).", check=greater(0))
+  train_epochs: float = setting(
+      350.0, "Training length in passes over the labeled images (the original's default "
+      "109474 steps are 350 epochs of ImageNet at batch 4096); the steps follow from the "
+      "labeled count and --train_batch_size. In --mode=pipeline: the students' (and the "
+      "teacher's unless --teacher_train_epochs / --teacher_train_steps).",
+      check=greater(0))
+  train_steps: Optional[int] = setting(
+      None, "Training steps; overrides --train_epochs when set.", check=greater(0))
+  train_ratio: float = setting(
+      1.0, "The original's: multiplies the training length (epochs or steps) and the "
+      "staircase period --lr_decay_epochs; its ImageNet B0-B4 students use 2 (700 "
+      "epochs, decay every 4.8). In --mode=pipeline it applies to the students, as the "
+      "original's train.sh (the teacher's length is --teacher_train_epochs).",
+      check=greater(0))
   unlabel_ratio: Optional[float] = setting(
       None, "Unlabeled batch = ceil(unlabel_ratio x train_batch_size); 0 = supervised. "
       f"Unset: 0 in --mode=train (a teacher), {DEFAULT_STUDENT_UNLABEL_RATIO:g} for the "
@@ -273,8 +286,16 @@ class ExportConfig:
 @dataclasses.dataclass(frozen=True)
 class PipelineConfig:
   """The `--mode=pipeline` loop: teacher -> students -> optional fine-tune -> export."""
+  teacher_train_epochs: Optional[float] = setting(
+      None, "Pipeline: the teacher's length in epochs of the labeled images; unset: the "
+      "students' (--train_steps, else --train_epochs).", check=greater(0))
   teacher_train_steps: Optional[int] = setting(
-      None, "Pipeline: the teacher's steps; unset: --train_steps.", check=greater(0))
+      None, "Pipeline: the teacher's steps; overrides --teacher_train_epochs.",
+      check=greater(0))
+  teacher_image_size: Optional[int] = setting(
+      None, "Pipeline: the teacher's training and predict resolution; unset: "
+      "--input_image_size (the paper's B7 teacher ran at 600, its L2 students at 475).",
+      check=_image_size)
   student_unlabel_ratios: Tuple[float, ...] = setting(
       (), "Pipeline: unlabel_ratio per iteration (paper L2: 14,14,28); unset: "
       "--unlabel_ratio.", check=each(greater(0)))

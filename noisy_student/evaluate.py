@@ -233,7 +233,8 @@ def format_table(rows: Sequence[dict]) -> str:
   for r in rows:
     lines.append(f"{r['name']:<14}{r['model']:<20}{r['image_size']:>5}"
                  f"{100 * r['top1']:>8.2f}%{100 * r['top5']:>8.2f}%{r['num_images']:>8}"
-                 + (_robustness_cells(r) if robust else ""))
+                 + (_robustness_cells(r) if robust else "")
+                 + ("  < its teacher" if r.get("worse_than_teacher") else ""))
   return "\n".join(lines)
 
 
@@ -280,13 +281,15 @@ def plot_results(rows: Sequence[dict], path: str) -> None:
   plots.save_figure(fig, path)
 
 
-def write_results(rows: Sequence[dict], output_dir: str) -> str:
-  """Prints the table and writes `results.json` and `results.png`; returns the JSON path."""
-  table = format_table(rows)
+def write_results(rows: Sequence[dict], output_dir: str, notes: Sequence[str] = (),
+                  **extra) -> str:
+  """Prints the table and the `notes` under it (warnings), and writes `results.json`
+  (with `extra` entries, e.g. the teacher check) and `results.png`; returns the JSON path."""
+  table = "\n".join([format_table(rows), *notes])
   print(table, flush=True)
   path = f"{output_dir.rstrip('/')}/results.json"
-  atomic.write_text(path, json.dumps({"models": list(rows), "table": table.splitlines()},
-                               indent=1))
+  atomic.write_text(path, json.dumps({"models": list(rows), "table": table.splitlines(),
+                                      "notes": list(notes), **extra}, indent=1))
   plot_results(rows, f"{output_dir.rstrip('/')}/results.png")
   logging.info("Results: %s and results.png", path)
   return path

@@ -37,12 +37,13 @@ from noisy_student import finetune as finetune_lib
 from noisy_student import phases
 from noisy_student import predict as predict_lib
 from noisy_student import robustness
+from noisy_student import teacher_check
 from noisy_student import train as train_lib
 from noisy_student.data import datasets
 from noisy_student.data import preprocess
 from noisy_student.data import sources
 from noisy_student.results import (BalancedPseudoLabels, Evaluation, Exported, PseudoLabels,
-                                   TrainedModel)
+                                   TeacherCheck, TrainedModel)
 from noisy_student.train import checkpoints
 from noisy_student.train import distribute
 import tfrecords
@@ -155,11 +156,52 @@ def _train_cfg(ctx: Context, directory: str, **changes) -> config_lib.TrainConfi
                              teacher_model_name=None, **changes)
 
 
+def teacher_length(cfg: config_lib.Config) -> Dict[str, Any]:
+  """The teacher's TrainConfig length fields: --teacher_train_steps, else
+  --teacher_train_epochs, else the students' (--train_steps, else --train_epochs).
+  --train_ratio is the students' (the original sets it in its student runs, train.sh)."""
+  pl = cfg.pipeline
+  if pl.teacher_train_steps:
+    return {"train_steps": pl.teacher_train_steps, "train_ratio": 1.0}
+  if pl.teacher_train_epochs:
+    return {"train_steps": None, "train_epochs": pl.teacher_train_epochs, "train_ratio": 1.0}
+  return {"train_ratio": 1.0}
+
+
+def teacher_model_cfg(ctx: Context) -> config_lib.ModelConfig:
+  """The teacher's network: --model_name at --teacher_image_size when set (the paper's B7
+  teacher ran at 600 while its L2 students trained at 475)."""
+  model_cfg = ctx.model_cfg()
+  size = ctx.cfg.pipeline.teacher_image_size
+  return dataclasses.replace(model_cfg, input_image_size=size) if size else model_cfg
+
+
 def train_teacher(ctx: Context) -> TrainedModel:
   """Supervised teacher on the labeled data (noised as the paper's teacher is)."""
-  steps = ctx.cfg.pipeline.teacher_train_steps or ctx.cfg.train.train_steps
-  return _train(ctx, ctx.model_cfg(), _train_cfg(ctx, "teacher", unlabel_ratio=0.0,
-                                                  train_steps=steps))
+  return _train(ctx, teacher_model_cfg(ctx),
+                _train_cfg(ctx, "teacher", unlabel_ratio=0.0, **teacher_length(ctx.cfg)))
+
+
+def _teacher_length_flag(cfg: config_lib.Config) -> str:
+  """The flag that sets the teacher's length in this run."""
+  if cfg.pipeline.teacher_train_steps:
+    return "--teacher_train_steps"
+  if cfg.pipeline.teacher_train_epochs or not cfg.train.train_steps:
+    return "--teacher_train_epochs"
+  return "--teacher_train_steps (or --train_steps)"
+
+
+def check_teacher(ctx: Context, teacher: TrainedModel, held_out: float) -> TeacherCheck:
+  """The teacher on its own labeled images, un-noised: a loud warning, with the flag to
+  raise, when it under-fits (noisy_student/teacher_check.py)."""
+  images = checkpoints.schedule_images(teacher.directory, None)
+  epochs = (teacher.global_step * ctx.cfg.train.train_batch_size / images) if images else 0
+  result = teacher_check.check(
+      ctx.load(teacher), ctx.source("label"), model_dir=teacher.directory,
+      image_size=teacher.image_size, small_image=teacher.small_image,
+      batch_size=ctx.cfg.predict.eval_batch_size, epochs=epochs,
+      length_flag=_teacher_length_flag(ctx.cfg), strategy=ctx.strategy)
+  return dataclasses.replace(result, held_out_accuracy=held_out)
 
 
 def train_student(ctx: Context, i: int, model_name: str, ratio: float,
@@ -319,7 +361,8 @@ def fingerprints(cfg: config_lib.Config) -> Dict[str, phases.Fingerprint]:
            if k not in _NOT_IN_FINGERPRINT}
   predict = {"teacher_softmax_temp": cfg.predict.teacher_softmax_temp}
   return {"data": {"data": cfg.data, "model": cfg.model},
-          "train": {"train": train, "teacher_train_steps": cfg.pipeline.teacher_train_steps},
+          "train": {"train": train, **{k: getattr(cfg.pipeline, k) for k in (
+              "teacher_train_steps", "teacher_train_epochs", "teacher_image_size")}},
           "predict": predict, "filter": {"filter": cfg.filter},
           "finetune": {k: v for k, v in dataclasses.asdict(cfg.pipeline).items()
                        if k.startswith("finetune")},
@@ -340,7 +383,7 @@ def student_ratio(cfg: config_lib.Config, i: int) -> float:
 
 def plan(cfg: config_lib.Config) -> List[str]:
   """The phase names of this pipeline, in order."""
-  names = ["teacher", "eval-teacher"]
+  names = ["teacher", "eval-teacher", "check-teacher"]
   for i in range(1, len(cfg.student_model_names) + 1):
     names += [f"predict-{i}", f"balance-{i}", f"student-{i}", f"eval-student-{i}"]
   if cfg.pipeline.finetune:
@@ -355,6 +398,17 @@ def result_row(name: str, model: TrainedModel, result: Evaluation) -> Dict[str, 
   return {"name": name, "model": model.model_name, "image_size": model.image_size,
           "top1": result.top1, "top5": result.top5, "top_k": result.top_k,
           "num_images": result.num_images, "path": model.path, **result.robustness}
+
+
+def notes(rows: List[Dict[str, Any]], checked: TeacherCheck) -> List[str]:
+  """What the results table should say under it: the teacher check's warnings and each
+  student that is worse than its teacher."""
+  out = [f"WARNING: {w}" for w in checked.warnings]
+  for teacher, row in zip(rows, rows[1:]):
+    if row.get("worse_than_teacher"):
+      out.append(f"WARNING: {row['name']} ({100 * row['top1']:.2f}%) is worse than its "
+                 f"teacher, {teacher['name']} ({100 * teacher['top1']:.2f}%)")
+  return out
 
 
 def run_pipeline(cfg: config_lib.Config, ctx: Optional[Context] = None
@@ -377,6 +431,9 @@ def run_pipeline(cfg: config_lib.Config, ctx: Optional[Context] = None
 
   model = phase("teacher", fp["train"], lambda: train_teacher(ctx), TrainedModel)
   rows = [evaluated("teacher", model, "teacher")]
+  teacher = model
+  checked = phase("check-teacher", {"model": teacher}, lambda: check_teacher(
+      ctx, teacher, rows[0]["top1"]), TeacherCheck, last=True)
   for i, name in enumerate(cfg.student_model_names, start=1):
     teacher, ratio = model, student_ratio(cfg, i)
     pseudo = phase(f"predict-{i}", {"teacher": teacher, **fp["predict"]},
@@ -388,13 +445,15 @@ def run_pipeline(cfg: config_lib.Config, ctx: Optional[Context] = None
     model = phase(f"student-{i}", {"balanced": balanced, "student": name, "ratio": ratio,
                                    **fp["train"]},
                   lambda: train_student(ctx, i, name, ratio, balanced), TrainedModel)
-    rows.append(evaluated(f"student {i}", model, f"student-{i}"))
+    row = evaluated(f"student {i}", model, f"student-{i}")
+    rows.append(dict(row, worse_than_teacher=row["top1"] < rows[-1]["top1"]))
   if cfg.pipeline.finetune:
     student = model
     model = phase("finetune", {"model": student, **fp["finetune"]},
                   lambda: finetune_model(ctx, student), TrainedModel, last=True)
     rows.append(evaluated("fine-tuned", model, "finetune"))
-  evaluate_lib.write_results(rows, ctx.root)
+  evaluate_lib.write_results(rows, ctx.root, notes=notes(rows, checked),
+                             teacher_check=checked.to_json())
   if cfg.pipeline.export_at_end:
     final = model
     exported = phase("export", {"model": final, **fp["export"]},

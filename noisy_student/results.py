@@ -7,7 +7,7 @@ not from dicts whose shape each caller rebuilds. Pure Python.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Dict, Optional, Type, TypeVar
+from typing import Any, Dict, List, Optional, Type, TypeVar
 
 T = TypeVar("T", bound="Result")
 
@@ -87,3 +87,16 @@ class Evaluation(Result):
 class Exported(Result):
   """The SavedModel for serving."""
   export_path: str
+
+
+@dataclasses.dataclass(frozen=True)
+class TeacherCheck(Result):
+  """Whether the teacher fits its own labeled images before it teaches
+  (noisy_student/teacher_check.py): warnings are empty when it does."""
+  train_accuracy: float  # Un-noised, on (up to 10,000 of) its labeled images.
+  train_images: int
+  num_classes: int
+  epochs: float  # Passes over the labeled images it trained for.
+  rise: Optional[float]  # Noised training accuracy: last 10% of steps minus the 10% before.
+  held_out_accuracy: Optional[float] = None  # Top-1 on the eval data, when evaluated.
+  warnings: List[str] = dataclasses.field(default_factory=list)

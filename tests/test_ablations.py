@@ -38,6 +38,9 @@ class Phases:
     monkeypatch.setattr(pipeline, "evaluate_model", self.evaluate_model)
     monkeypatch.setattr(pipeline, "predict_pseudo_labels", self.predict)
     monkeypatch.setattr(pipeline, "balance_pseudo_labels", self.balance)
+    monkeypatch.setattr(pipeline, "check_teacher", lambda ctx, teacher, top1: (
+        results.TeacherCheck(train_accuracy=1.0, train_images=100, num_classes=10,
+                             epochs=10, rise=0.0, held_out_accuracy=top1)))
 
   def _model(self, ctx, directory, name):
     key = f"{ctx.cfg.data.seed}/{directory}"

@@ -20,9 +20,9 @@ class Recorder:
 
   def __init__(self, monkeypatch, fail_at=None):
     self.calls, self.fail_at = [], fail_at
-    for name in ("train_teacher", "evaluate_model", "predict_pseudo_labels",
-                 "balance_pseudo_labels", "train_student", "finetune_model",
-                 "export_model"):
+    for name in ("train_teacher", "evaluate_model", "check_teacher",
+                 "predict_pseudo_labels", "balance_pseudo_labels", "train_student",
+                 "finetune_model", "export_model"):
       monkeypatch.setattr(pipeline, name, self._make(name))
 
   def _make(self, fn_name):
@@ -45,7 +45,7 @@ class Recorder:
     if fn_name == "balance_pseudo_labels":
       return f"balance-{args[0].rsplit('_', 1)[1]}"
     return {"train_teacher": "teacher", "finetune_model": "finetune",
-            "export_model": "export"}[fn_name]
+            "export_model": "export", "check_teacher": "check-teacher"}[fn_name]
 
   @staticmethod
   def _result(fn_name, ctx, args):
@@ -62,6 +62,9 @@ class Recorder:
     if fn_name == "evaluate_model":
       top1 = {"teacher": 0.8}.get(args[1], 0.9)
       return results.Evaluation(top1=top1, top5=1.0, top_k=5, num_images=400, report="r")
+    if fn_name == "check_teacher":
+      return results.TeacherCheck(train_accuracy=1.0, train_images=100, num_classes=10,
+                                  epochs=10, rise=0.0, held_out_accuracy=args[1])
     if fn_name == "predict_pseudo_labels":
       return results.PseudoLabels(output_dir=args[1], records_written=10)
     if fn_name == "balance_pseudo_labels":
@@ -82,8 +85,8 @@ def test_full_run_order_markers_and_results(tmp_path, monkeypatch, capsys):
   rec = Recorder(monkeypatch)
   rows = pipeline.run_pipeline(cfg)
   assert rec.calls == pipeline.plan(cfg)
-  assert rec.calls[:6] == ["teacher", "eval-teacher", "predict-1", "balance-1",
-                           "student-1", "eval-student-1"]
+  assert rec.calls[:7] == ["teacher", "eval-teacher", "check-teacher", "predict-1",
+                           "balance-1", "student-1", "eval-student-1"]
   assert sorted(phases.Markers(cfg.train.model_dir).done()) == sorted(rec.calls)
   assert [r["name"] for r in rows] == ["teacher", "student 1", "student 2", "fine-tuned"]
   with open(os.path.join(cfg.train.model_dir, "results.json")) as f:
@@ -144,10 +147,10 @@ def test_changed_flags_of_a_finished_phase_are_refused(tmp_path, monkeypatch):
   Recorder(monkeypatch)
   pipeline.run_pipeline(cfg)
   changed = dataclasses.replace(
-      cfg, train=dataclasses.replace(cfg.train, train_steps=cfg.train.train_steps + 1))
+      cfg, train=dataclasses.replace(cfg.train, train_epochs=cfg.train.train_epochs + 1))
   rec = Recorder(monkeypatch)
   with pytest.raises(phases.PhaseMismatchError,
-                     match=r"phase teacher .*train.train_steps: 1000 -> 1001"):
+                     match=r"phase teacher .*train.train_epochs: 350.0 -> 351.0"):
     pipeline.run_pipeline(changed)
   assert rec.calls == []
   # Flags that only change speed or logging do not count as a change.
@@ -176,3 +179,28 @@ def test_eval_and_export_modes_find_the_last_model_of_a_pipeline(tmp_path, monke
   markers = phases.Markers(root)
   os.remove(markers.path("finetune"))
   assert pipeline.trained_model_of(root).path.endswith("student_2")
+
+
+def test_a_student_worse_than_its_teacher_and_a_weak_teacher_are_marked(
+    tmp_path, monkeypatch, capsys):
+  cfg = _cfg(tmp_path, finetune=False)
+  Recorder(monkeypatch)
+  top1 = {"teacher": 0.8, "student-1": 0.7, "student-2": 0.75}
+  monkeypatch.setattr(pipeline, "evaluate_model", lambda ctx, model, name: (
+      results.Evaluation(top1=top1[name], top5=1.0, top_k=5, num_images=400, report="r")))
+  monkeypatch.setattr(pipeline, "check_teacher", lambda ctx, teacher, held_out: (
+      results.TeacherCheck(train_accuracy=0.29, train_images=600, num_classes=10, epochs=27,
+                           rise=0.08, held_out_accuracy=held_out,
+                           warnings=["the teacher under-fits: raise --teacher_train_epochs"])))
+  rows = pipeline.run_pipeline(cfg)
+  # Student 2 beats student 1, its teacher, though not the first teacher.
+  assert [r.get("worse_than_teacher") for r in rows] == [None, True, False]
+  table = capsys.readouterr().out.splitlines()
+  assert table[2].endswith("< its teacher") and not table[3].endswith("< its teacher")
+  assert any("raise --teacher_train_epochs" in line for line in table)
+  with open(os.path.join(cfg.train.model_dir, "results.json")) as f:
+    saved = json.load(f)
+  assert saved["models"][1]["worse_than_teacher"] is True
+  assert saved["teacher_check"]["train_accuracy"] == 0.29
+  assert saved["teacher_check"]["held_out_accuracy"] == 0.8
+  assert any("student 1 (70.00%) is worse than its teacher" in n for n in saved["notes"])

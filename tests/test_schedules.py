@@ -51,6 +51,42 @@ def test_cosine_with_warmup():
   assert _lr(s, 110) < 1e-6
 
 
+@pytest.mark.parametrize("labeled, batch, epochs, ratio, steps", [
+    (100, 32, 160, 1.0, 500),    # The demo: 160 epochs of digits' 100 labeled images.
+    (600, 32, 160, 1.0, 3000),   # The same epochs of 600 images: 6x the steps.
+    (1281167, 4096, 350, 1.0, 109474),  # The original's default: 350 ImageNet epochs.
+    (1281167, 4096, 350, 2.0, 218948),  # Its B0-B4 students: --train_ratio=2.
+    (10, 4, 1, 1.0, 2),          # Truncated, as the original's int().
+    (10, 4, 0.1, 1.0, 1),        # At least one step.
+])
+def test_length_in_epochs(labeled, batch, epochs, ratio, steps):
+  cfg = TrainConfig(train_batch_size=batch, train_epochs=epochs, train_ratio=ratio)
+  assert schedules.total_steps(cfg, labeled) == steps
+  assert f"{steps} steps" in schedules.describe_length(cfg, labeled)
+
+
+def test_explicit_steps_override_epochs_and_train_ratio_scales_them():
+  cfg = TrainConfig(train_batch_size=32, train_epochs=160, train_steps=777)
+  assert schedules.total_steps(cfg, 600) == 777
+  # The original truncates: int(train_steps * train_ratio) (main.py:707-709).
+  cfg = TrainConfig(train_batch_size=32, train_steps=777, train_ratio=1.5)
+  assert schedules.total_steps(cfg, 600) == 1165
+
+
+def test_train_ratio_stretches_the_stairs_like_the_original():
+  # 1280 images at batch 128: 10 steps per epoch; decay every 2.4 x 2 = 4.8 epochs.
+  cfg = TrainConfig(train_batch_size=128, train_epochs=100, warmup_epochs=0,
+                    train_ratio=2.0)
+  s = schedules.build_schedule(cfg, 1280)
+  assert math.isclose(_lr(s, 47), 0.008, rel_tol=1e-6)
+  assert math.isclose(_lr(s, 48), 0.008 * 0.97, rel_tol=1e-6)
+  # final_base_lr counts the stretched length: 200 epochs less 5 warm-up.
+  cfg = TrainConfig(train_batch_size=256, train_epochs=100, train_ratio=2.0,
+                    final_base_lr=0.0002)
+  decay_epochs = 195 / (math.log(0.0002 / 0.016) / math.log(0.97))
+  assert math.isclose(schedules.final_lr_decay_epochs(cfg, 2560), decay_epochs)
+
+
 @pytest.mark.parametrize("name,cls", [("rmsprop", keras.optimizers.RMSprop),
                                       ("sgd", keras.optimizers.SGD),
                                       ("adamw", keras.optimizers.AdamW)])

@@ -254,3 +254,17 @@ def test_sigterm_saves_where_it_stopped_and_the_rerun_ends_at_the_same_step(tmp_
   assert result["start_step"] == stopped_at and result["global_step"] == 60
   # The summaries cover every step once: up to the save, then from the resume on.
   assert sorted(_scalars(model_dir, "loss")) == list(range(1, 61))
+
+
+def test_length_in_epochs_and_a_resume_keeps_the_schedule_when_the_data_grew(tmp_path):
+  """2 epochs of 64 images at batch 16 are 8 steps; started again after the labeled
+  folder grew to 128 images, the run keeps its schedule (schedule.json), not 16 steps."""
+  cfg = _cfg(tmp_path / "run", train_steps=None, train_epochs=2.0,
+             save_checkpoints_steps=4, iterations_per_loop=4)
+  dist = DistributeConfig(strategy="default")
+  first = train(MODEL, DATA, cfg, dist, labeled_source=make_records(64), class_names=NAMES)
+  assert first.global_step == 8
+  again = train(MODEL, DATA, cfg, dist, labeled_source=make_records(128), class_names=NAMES)
+  assert (again.start_step, again.global_step) == (8, 8)
+  epochs = _scalars(str(tmp_path / "run"), "epoch")
+  assert epochs[8] == pytest.approx(2.0)

@@ -18,6 +18,7 @@ from noisy_student.config import ModelConfig, TrainConfig
 from noisy_student.train import checkpoints
 from noisy_student.train import distribute
 from noisy_student.train import inputs as inputs_lib
+from noisy_student.train import schedules
 
 
 @dataclasses.dataclass(frozen=True)
@@ -166,8 +167,8 @@ def prepare_inputs(model_cfg: ModelConfig, cfg: TrainConfig, strategy, labeled_s
                               model_cfg.num_label_classes, model_cfg.small_image)
   num_images = _num_train_images(cfg, labeled_source, chief)
   logging.info("Training a %s: %s, %d labeled + %d unlabeled images per replica and step, "
-               "%d replicas, %d labeled images per epoch.",
+               "%d replicas, for %s.",
                "teacher" if mode == inputs_lib.SUPERVISED else "student",
                model_cfg.model_name, labeled_batch, unlabeled_batch,
-               strategy.num_replicas_in_sync, num_images)
+               strategy.num_replicas_in_sync, schedules.describe_length(cfg, num_images))
   return PreparedInputs(labeled_source, unlabeled, spec, num_images, class_names)

@@ -10,7 +10,12 @@ Original (EfficientNet `utils.build_learning_rate` / noisystudent `main.py`):
   about final_base_lr * batch / 256 at the last step.
   The optimizer is RMSProp(rho 0.9, momentum 0.9, epsilon 1e-3). Keras 3's RMSprop puts
   epsilon inside the square root like TF1's; TF1 started the mean square at 1, Keras at 0.
-Cosine: linear warm-up to scaled_lr, then cosine to 0 at train_steps (keras CosineDecay).
+Cosine: linear warm-up to scaled_lr, then cosine to 0 at the last step (keras CosineDecay).
+
+Length (`total_steps`): --train_steps if set, else --train_epochs passes over the labeled
+images, times the original's --train_ratio, which also stretches the stairs (main.py:705-
+709 and 577 of google-research/noisystudent: `train_steps *= train_ratio`, `decay_epochs =
+2.4 * train_ratio`).
 """
 from __future__ import annotations
 
@@ -59,15 +64,31 @@ def steps_per_epoch(cfg: TrainConfig, num_train_images: int) -> float:
   return num_train_images / cfg.train_batch_size
 
 
+def total_steps(cfg: TrainConfig, num_train_images: int) -> int:
+  """The run's length in steps: train_steps, else train_epochs of the labeled images,
+  then times train_ratio, each truncated as the original's int() (its default 109474 steps
+  are int(350 epochs x 1281167 / 4096); with --train_ratio=2, 218948); at least 1."""
+  base = cfg.train_steps or int(cfg.train_epochs * steps_per_epoch(cfg, num_train_images)
+                                + 1e-9)
+  return max(1, int(base * cfg.train_ratio))
+
+
+def describe_length(cfg: TrainConfig, num_train_images: int) -> str:
+  """"N steps (E epochs of M labeled images at batch B)" for logs."""
+  steps = total_steps(cfg, num_train_images)
+  return (f"{steps} steps ({steps / steps_per_epoch(cfg, num_train_images):.1f} epochs of "
+          f"{num_train_images} labeled images at batch {cfg.train_batch_size})")
+
+
 def final_lr_decay_epochs(cfg: TrainConfig, num_train_images: int) -> float:
   """The original's stair length (epochs) that lands on final_base_lr at the end."""
   if not 0 < cfg.final_base_lr < cfg.base_learning_rate:
     raise ValueError(f"final_base_lr={cfg.final_base_lr} must be in (0, "
                      f"base_learning_rate={cfg.base_learning_rate}).")
-  total_epochs = (cfg.train_steps * cfg.train_batch_size / num_train_images
-                  - cfg.warmup_epochs)
+  steps = total_steps(cfg, num_train_images)
+  total_epochs = steps / steps_per_epoch(cfg, num_train_images) - cfg.warmup_epochs
   if total_epochs <= 0:
-    raise ValueError(f"final_base_lr needs train_steps={cfg.train_steps} to cover more "
+    raise ValueError(f"final_base_lr needs the training ({steps} steps) to cover more "
                      f"than warmup_epochs={cfg.warmup_epochs} epochs.")
   decay_times = math.log(cfg.final_base_lr / cfg.base_learning_rate) / math.log(
       cfg.lr_decay_factor)
@@ -80,16 +101,17 @@ def build_schedule(cfg: TrainConfig, num_train_images: int):
   scaled_lr = cfg.base_learning_rate * cfg.train_batch_size / 256.0
   warmup_steps = int(cfg.warmup_epochs * spe)
   if cfg.lr_schedule == "exponential":
-    decay_epochs = cfg.lr_decay_epochs
+    decay_epochs = cfg.lr_decay_epochs * cfg.train_ratio
     if cfg.final_base_lr is not None:
       decay_epochs = final_lr_decay_epochs(cfg, num_train_images)
     decay_steps = max(1, int(decay_epochs * spe))
     return WarmupStaircaseDecay(scaled_lr, warmup_steps, decay_steps, cfg.lr_decay_factor)
   if cfg.lr_schedule == "cosine":
-    warmup_steps = min(warmup_steps, cfg.train_steps - 1)
+    steps = total_steps(cfg, num_train_images)
+    warmup_steps = min(warmup_steps, steps - 1)
     return keras.optimizers.schedules.CosineDecay(
         initial_learning_rate=0.0 if warmup_steps else scaled_lr,
-        decay_steps=max(1, cfg.train_steps - warmup_steps), alpha=0.0,
+        decay_steps=max(1, steps - warmup_steps), alpha=0.0,
         warmup_target=scaled_lr if warmup_steps else None, warmup_steps=warmup_steps)
   raise ValueError(f"lr_schedule={cfg.lr_schedule!r} is unknown; use one of {SCHEDULES}.")
 

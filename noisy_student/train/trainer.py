@@ -4,7 +4,8 @@ Shape (the TPUEstimator's, in TF2): a tf.function runs `iterations_per_loop` ste
 call via strategy.run over a distributed dataset; a Keras 3 optimizer; a
 tf.train.CheckpointManager of model, optimizer (its `iterations` is the global step) and
 EMA every `save_checkpoints_steps`. A restarted job resumes from the last checkpoint and
-stops at `train_steps`, with the schedule a function of the global step only.
+stops at the run's last step (`schedules.total_steps`: --train_steps, else --train_epochs
+of the labeled images), with the schedule a function of the global step only.
 """
 from __future__ import annotations
 
@@ -167,6 +168,7 @@ class _Loop:
     self.agree_preempted = agree_preempted
     self.images_per_step = images_per_step
     self.steps_per_epoch = schedules.steps_per_epoch(cfg, num_train_images)
+    self.train_steps = schedules.total_steps(cfg, num_train_images)
     logdir = f"{cfg.model_dir.rstrip('/')}/train"
     self.writer = (tf.summary.create_file_writer(logdir) if chief
                    else tf.summary.create_noop_writer())
@@ -174,33 +176,33 @@ class _Loop:
   def _chunk(self, step: int) -> int:
     """Steps in the next call: never past a checkpoint boundary or the end."""
     to_save = self.cfg.save_checkpoints_steps - step % self.cfg.save_checkpoints_steps
-    return min(self.cfg.iterations_per_loop, to_save, self.cfg.train_steps - step)
+    return min(self.cfg.iterations_per_loop, to_save, self.train_steps - step)
 
   def run(self, multi_step, iterator, step: int, watch: preemption.SigtermWatch):
     """Trains from `step` to train_steps; returns (last metrics, images/s)."""
     metrics, timed_steps, timed_secs, last_log, calls = {}, 0, 0.0, step, 0
-    if step >= self.cfg.train_steps:
-      logging.info("Already at step %d of %d; nothing to train.", step, self.cfg.train_steps)
-    while step < self.cfg.train_steps:
+    if step >= self.train_steps:
+      logging.info("Already at step %d of %d; nothing to train.", step, self.train_steps)
+    while step < self.train_steps:
       n = self._chunk(step)
       start = time.perf_counter()
       sums = multi_step(iterator, tf.constant(n, tf.int32))
       metrics = {k: float(v) / n for k, v in sums.items()}  # float() waits for the steps.
       secs = time.perf_counter() - start
       _check_finite(metrics, step, n, self.state.manager.latest_checkpoint)
-      if calls or n == self.cfg.train_steps - step:  # The first call compiles: left out.
+      if calls or n == self.train_steps - step:  # The first call compiles: left out.
         timed_steps, timed_secs = timed_steps + n, timed_secs + secs
       calls += 1
       step += n
       rate = self.images_per_step * n / max(secs, 1e-9)
       self._summaries(step, metrics, rate)
-      if step - last_log >= self.cfg.log_every_n_steps or step == self.cfg.train_steps:
+      if step - last_log >= self.cfg.log_every_n_steps or step == self.train_steps:
         self._progress(step, metrics, rate, n / max(secs, 1e-9))
         last_log = step
       saved = None
-      if step % self.cfg.save_checkpoints_steps == 0 or step == self.cfg.train_steps:
+      if step % self.cfg.save_checkpoints_steps == 0 or step == self.train_steps:
         saved = self._save(step)
-      if step < self.cfg.train_steps:  # Every worker asks, after every loop of steps.
+      if step < self.train_steps:  # Every worker asks, after every loop of steps.
         preemption.stop_if_preempted(self.agree_preempted, watch, step,
                                      lambda: saved or self._save(step))
     self.writer.flush()
@@ -222,11 +224,11 @@ class _Loop:
 
   def _progress(self, step: int, metrics: Dict[str, float], rate: float,
                 steps_per_sec: float) -> None:
-    eta = (self.cfg.train_steps - step) / max(steps_per_sec, 1e-9)
+    eta = (self.train_steps - step) / max(steps_per_sec, 1e-9)
     student = (f", unlabeled {metrics['unlabeled_loss']:.4f}, pseudo-acc "
                f"{metrics['pseudo_accuracy']:.3f}" if self.cfg.unlabel_ratio else "")
     logging.info("step %d/%d (epoch %.2f) loss %.4f (labeled %.4f, acc %.3f%s) lr %.3g | "
-                 "%.1f images/s, ETA %s", step, self.cfg.train_steps,
+                 "%.1f images/s, ETA %s", step, self.train_steps,
                  step / self.steps_per_epoch, metrics["loss"], metrics["labeled_loss"],
                  metrics["labeled_accuracy"], student, float(self.state.schedule(step - 1)),
                  rate, _hms(eta))
