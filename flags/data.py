@@ -2,6 +2,7 @@
 from absl import flags
 
 from noisy_student import config as config_lib
+from noisy_student.data import augment_table
 
 _SPEC_HELP = (
     "A source: digits:labeled|unlabeled|test (embedded), tfds:NAME:SPLIT (from "
@@ -33,9 +34,17 @@ def define(fv: flags.FlagValues) -> None:
   flags.DEFINE_integer("randaug_layer", 2, "RandAugment ops per image (N).", flag_values=fv)
   flags.DEFINE_float("randaug_mag", 27.0, "RandAugment magnitude (M; 10 = max level).",
                      flag_values=fv)
-  flags.DEFINE_bool("cutout_op", False,
-                    "Add Cutout to RandAugment's op list (the original's cutout_op).",
-                    flag_values=fv)
+  flags.DEFINE_bool("cutout_op", True,
+                    "Cutout in RandAugment's op list (16 ops; the original's default). "
+                    "--nocutout_op: 15 ops.", flag_values=fv)
+  flags.DEFINE_enum(
+      "randaug_variant", "original", list(augment_table.VARIANTS),
+      "RandAugment arithmetic. original: as the original code ran at every magnitude "
+      "(translate 100 px and cutout 40 px at any resolution, S//8 on the 32-pixel path; "
+      "above M=10 the solarize threshold and posterize shift wrap as uint8; Contrast's "
+      "target H*W/256), which the published magnitudes were tuned with. scaled: "
+      "constants x S/224, saturating integers, Contrast towards the mean grey.",
+      flag_values=fv)
   flags.DEFINE_bool("small_image_cutout", True,
                     "With --small_image: the original SVHN path's extra cutout after "
                     "RandAugment.", flag_values=fv)
@@ -65,6 +74,7 @@ def to_config(fv: flags.FlagValues) -> config_lib.DataConfig:
       randaug_mag=fv.randaug_mag,
       cutout=fv.small_image_cutout,
       cutout_op=fv.cutout_op,
+      randaug_variant=fv.randaug_variant,
       seed=fv.seed,
       shuffle_buffer=fv.shuffle_buffer,
       digits_num_labeled=fv.digits_num_labeled,

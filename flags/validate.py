@@ -9,6 +9,7 @@ from typing import List, Optional
 import tensorflow as tf
 
 from noisy_student import config as config_lib
+from noisy_student.data import augment_table
 
 # Total stride of EfficientNet's stem + stages; smaller inputs collapse to 1x1 maps long
 # before the head, which 'same' padding hides but which cannot learn anything useful.
@@ -91,6 +92,9 @@ def _check_numbers(cfg: config_lib.Config) -> List[str]:
       (cfg.data.augment_name in (None, "v1"),
        f"--augment_name={cfg.data.augment_name}: known: v1 (RandAugment), none"),
       (cfg.data.randaug_mag >= 0, f"--randaug_mag={cfg.data.randaug_mag}: must be >= 0"),
+      (cfg.data.randaug_variant in augment_table.VARIANTS,
+       f"--randaug_variant={cfg.data.randaug_variant}: known: "
+       f"{', '.join(augment_table.VARIANTS)}"),
       (0.0 <= pl.finetune_frozen_fraction < 1.0,
        f"--finetune_frozen_fraction={pl.finetune_frozen_fraction}: must be in [0, 1)"),
       (pl.finetune_epochs > 0, f"--finetune_epochs={pl.finetune_epochs}: must be > 0"),

@@ -48,7 +48,11 @@ class DataConfig:
   randaug_layer: int = 2
   randaug_mag: float = 27.0
   cutout: bool = True  # The 32-pixel path's extra cutout after RandAugment (original SVHN).
-  cutout_op: bool = False  # Add Cutout to RandAugment's op list (the original's cutout_op).
+  cutout_op: bool = True  # Cutout in RandAugment's op list (the original's default).
+  # "original": the original's arithmetic at every magnitude (constants in pixels, uint8
+  # wrap above M=10); "scaled": constants scaled with the image size, saturating
+  # integers, true-mean Contrast. See noisy_student/data/augment_table.py.
+  randaug_variant: str = "original"
   seed: int = 0
   shuffle_buffer: int = 10_000
   digits_num_labeled: int = 500  # Embedded default split sizes (digits has 1797 images).
