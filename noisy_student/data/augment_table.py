@@ -109,8 +109,9 @@ def _posterize(lv: Level) -> tuple:
   (randaugment.py:179) becomes a uint8 constant (mod 256), and TF's shift kernels clamp
   a shift to 0..7 (tensorflow/core/kernels/cwise_ops.h, left_shift_op / right_shift_op);
   so bits 9, 10 (M >= 22.5) shift by 255, 254 -> 7 and keep 1 bit, bits 8 (M in
-  [20, 22.5)) keep all, and bits 0 (M < 2.5) shift by 8 -> 7 and keep 1. Scaled: bits
-  clipped to 0..8.
+  [20, 22.5)) keep all, and bits 0 (M < 2.5) shift by 8 -> 7 and keep 1. An accident
+  of uint8 arithmetic, reproduced because B6, B7 and L2's magnitudes were tuned with
+  it. Scaled: bits clipped to 0..8.
   """
   bits = int(lv.fraction * 4)
   if lv.original:
@@ -121,7 +122,9 @@ def _posterize(lv: Level) -> tuple:
 def _solarize(lv: Level) -> tuple:
   """Threshold. The original: int(M/10 * 256) (randaugment.py:469) compared with a uint8
   image, so it becomes a uint8 constant (mod 256): 256 at M=10 acts as 0 (inverts every
-  pixel), 384 at M=15 as 128, 691 at M=27 as 179. Scaled: clipped to 0..256 (256: no-op).
+  pixel), 384 at M=15 as 128, 691 at M=27 as 179. An accident of uint8 arithmetic,
+  reproduced because the magnitudes from B3's 12 up were tuned with it. Scaled: clipped
+  to 0..256 (256: no-op).
   """
   threshold = int(lv.fraction * 256)
   if lv.original:
