@@ -1,12 +1,14 @@
 """Per-image RandAugment throughput: ours vs keras.layers.RandAugment, one run, ratios.
 
     python benchmarks/bench_randaugment.py [--sizes 32,224] [--num_images 128]
+        [--variant original|scaled] [--no_cutout_op]
 
 Both run per image inside the same kind of tf.data map (parallel calls, AUTOTUNE) on
 the same generated uint8 images, 2 ops per image, at a strong magnitude. Keras's layer
 is not the original's RandAugment (it draws ops per call, computes every op and then
-selects); it is the library a user would reach for, hence the comparison. Absolute
-images/s depend on machine load; the ratio is the figure to keep.
+selects); it is the library a user would reach for, hence the comparison. Ours runs
+the library defaults (16 ops with Cutout, the original's arithmetic) unless told.
+Absolute images/s depend on machine load; the ratio is the figure to keep.
 """
 from __future__ import annotations
 
@@ -30,10 +32,12 @@ def _images(size: int, n: int) -> np.ndarray:
   return tf.cast(tf.image.resize(low, [size, size]), tf.uint8).numpy()
 
 
-def _ours(images: np.ndarray, magnitude: float) -> tf.data.Dataset:
+def _ours(images: np.ndarray, magnitude: float, variant: str,
+          cutout_op: bool) -> tf.data.Dataset:
   ds = tf.data.Dataset.from_tensor_slices(images).enumerate()
   return ds.map(lambda i, x: ra.randaugment(x, tf.stack([tf.constant(0, tf.int64), i]),
-                                            2, magnitude),
+                                            2, magnitude, cutout_op=cutout_op,
+                                            variant=variant),
                 num_parallel_calls=tf.data.AUTOTUNE)
 
 
@@ -73,12 +77,16 @@ def main() -> None:
   parser.add_argument("--num_images", type=int, default=128)
   parser.add_argument("--magnitude", type=float, default=10.0)
   parser.add_argument("--rounds", type=int, default=3)
+  parser.add_argument("--variant", default="original", choices=["original", "scaled"])
+  parser.add_argument("--no_cutout_op", action="store_true",
+                      help="15 ops, without Cutout.")
   args = parser.parse_args()
   print(f"{'size':>5} {'ours img/s':>11} {'keras img/s':>12} {'ratio':>6}")
   for size in (int(s) for s in args.sizes.split(",")):
     n = args.num_images if size <= 64 else max(16, args.num_images // 2)
     images = _images(size, n)
-    best = _compare({"ours": _ours(images, args.magnitude),
+    ours_ds = _ours(images, args.magnitude, args.variant, not args.no_cutout_op)
+    best = _compare({"ours": ours_ds,
                      "keras": _keras(images, args.magnitude)}, n, args.rounds)
     ours, theirs = best["ours"], best["keras"]
     print(f"{size:>5} {ours:>11.1f} {theirs:>12.1f} {ours / theirs:>5.1f}x", flush=True)

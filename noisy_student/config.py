@@ -25,6 +25,7 @@ MODES = ("train", "predict", "filter", "eval", "export", "pipeline", "ablate")
 LOOP_MODES = ("pipeline", "ablate")  # Modes that run the whole teacher -> student loop.
 STRATEGIES = ("auto", "default", "one_device", "mirrored", "multi_worker", "tpu")
 DTYPE_POLICIES = ("float32", "mixed_bfloat16", "mixed_float16")
+RANDAUG_VARIANTS = ("original", "scaled")  # noisy_student/data/augment_table.py
 # The students' unlabeled:labeled batch ratio when --unlabel_ratio is unset in the loop
 # modes: the embedded digits demo's value (the paper: 1 to 28, larger models take more;
 # the SVHN example: 5).
@@ -122,7 +123,15 @@ class DataConfig:
   randaug_mag: float = setting(27.0, "RandAugment magnitude (M; 10 = max level).",
                                check=at_least(0))
   cutout_op: bool = setting(
-      False, "Add Cutout to RandAugment's op list (the original's cutout_op).")
+      True, "Cutout in RandAugment's op list (16 ops; the original's default). "
+      "--nocutout_op: 15 ops.")
+  randaug_variant: str = setting(
+      "original", "RandAugment arithmetic. original: as the original code ran at every "
+      "magnitude (translate 100 px and cutout 40 px at any resolution, S//8 on the "
+      "32-pixel path; above M=10 the solarize threshold and posterize shift wrap as "
+      "uint8; Contrast's target H*W/256), which the published magnitudes were tuned with. "
+      "scaled: constants x S/224, saturating integers, Contrast towards the mean grey "
+      "(noisy_student/data/augment_table.py).", choices=RANDAUG_VARIANTS)
   small_image_cutout: bool = setting(
       True, "With --small_image: the original SVHN path's extra cutout after RandAugment.")
   seed: int = setting(

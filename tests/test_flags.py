@@ -54,11 +54,13 @@ def test_every_config_field_has_a_flag():
   (or a copy of another setting)."""
   cfg = _config("--model_name=b1", "--student_model_names=b1,b2", "--unlabel_ratio=2",
                 "--min_threshold=0.5", "--top_k=3", "--worker_id=1",
-                "--total_replicas=4", "--cutout_op", "--augment_name=none")
+                "--total_replicas=4", "--nocutout_op", "--randaug_variant=scaled",
+                "--augment_name=none")
   assert cfg.model.model_name == "efficientnet-b1"
   assert cfg.student_model_names == ("efficientnet-b1", "efficientnet-b2")
   assert cfg.train.unlabel_ratio == 2.0 and cfg.filter.min_threshold == 0.5
-  assert cfg.export.top_k == 3 and cfg.data.cutout_op and cfg.data.augment_name is None
+  assert cfg.export.top_k == 3 and not cfg.data.cutout_op and cfg.data.augment_name is None
+  assert cfg.data.randaug_variant == "scaled"
   # The original's names are aliases of ours.
   assert (cfg.predict.worker_index, cfg.predict.num_workers) == (1, 4)
   fv = _parse()
@@ -131,6 +133,16 @@ def test_bad_flags_fail_with_one_line_naming_the_flag(argv, expected):
   errors = checks.problems(_config(*argv))
   assert any(expected in e for e in errors), errors
   assert all("\n" not in e for e in errors)
+
+
+def test_randaug_variant_is_checked():
+  assert _config().data.randaug_variant == "original" and _config().data.cutout_op
+  with pytest.raises(absl_flags.IllegalFlagValueError, match="original|scaled"):
+    _parse("--randaug_variant=saturating")
+  cfg = _config()
+  bad = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, randaug_variant="x"))
+  assert any("--randaug_variant=x: unknown x; known: original, scaled" in e
+             for e in checks.problems(bad))
 
 
 def test_smaller_student_allowed_when_asked():

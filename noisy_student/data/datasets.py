@@ -59,10 +59,10 @@ def train_preprocess(ds: tf.data.Dataset, image_size: int, config: DataConfig,
     image, seed = record.pop("image"), record.pop("seed")
     kwargs = dict(random_flip=config.random_flip, augment_name=config.augment_name,
                   randaug_layer=config.randaug_layer, randaug_mag=config.randaug_mag,
-                  cutout_op=config.cutout_op)
+                  cutout_op=config.cutout_op, randaug_variant=config.randaug_variant)
     if small_image:
-      out = preprocess.preprocess_small_train(image, image_size, seed, cutout=config.small_image_cutout,
-                                              **kwargs)
+      out = preprocess.preprocess_small_train(image, image_size, seed,
+                                              cutout=config.small_image_cutout, **kwargs)
     else:
       out = preprocess.preprocess_train(image, image_size, seed, **kwargs)
     record["image"] = out

@@ -13,6 +13,7 @@ from absl import logging
 import numpy as np
 import tensorflow as tf
 
+from noisy_student.data import augment_ops
 from noisy_student.data import randaugment as randaugment_lib
 
 CROP_PADDING = 32  # Eval crop keeps S / (S + 32) of the shorter side, as the original.
@@ -150,7 +151,8 @@ def distorted_crop(image: tf.Tensor, image_size: int, seed: tf.Tensor) -> tf.Ten
 
 def _augment(image: tf.Tensor, seed: tf.Tensor, augment_name: Optional[str],
              randaug_layer: int, randaug_mag: float, cutout_op: bool,
-             translate_const=None, cutout_const=None) -> tf.Tensor:
+             randaug_variant: str, translate_const=None,
+             cutout_const=None) -> tf.Tensor:
   """RandAugment on a float 0..255 image (via uint8, as the original); float32 out."""
   if not augment_name:
     return image
@@ -160,15 +162,20 @@ def _augment(image: tf.Tensor, seed: tf.Tensor, augment_name: Optional[str],
   as_uint8 = tf.cast(tf.clip_by_value(image, 0.0, 255.0), tf.uint8)
   out = randaugment_lib.randaugment(
       as_uint8, seed, randaug_layer, randaug_mag, cutout_op=cutout_op,
-      translate_const=translate_const, cutout_const=cutout_const)
+      variant=randaug_variant, translate_const=translate_const,
+      cutout_const=cutout_const)
   return tf.cast(out, tf.float32)
 
 
 def preprocess_train(image: tf.Tensor, image_size: int, seed: tf.Tensor, *,
                      random_flip: bool = True, augment_name: Optional[str] = "v1",
                      randaug_layer: int = 2, randaug_mag: float = 10.0,
-                     cutout_op: bool = False) -> tf.Tensor:
+                     cutout_op: bool = True,
+                     randaug_variant: str = "original") -> tf.Tensor:
   """Train preprocessing: distorted crop, bicubic resize, flip, RandAugment.
+
+  RandAugment's translate and cutout constants are the original's 100 and 40 pixels
+  at any S (randaug_variant "original"; "scaled" scales them with S / 224).
 
   Args:
     image: uint8 `[H, W, 3]`; seed: int `[2]`.
@@ -179,18 +186,21 @@ def preprocess_train(image: tf.Tensor, image_size: int, seed: tf.Tensor, *,
   image = distorted_crop(image, image_size, seeds[0])
   if random_flip:
     image = tf.image.stateless_random_flip_left_right(image, seeds[1])
-  image = _augment(image, seeds[2], augment_name, randaug_layer, randaug_mag, cutout_op)
+  image = _augment(image, seeds[2], augment_name, randaug_layer, randaug_mag, cutout_op,
+                   randaug_variant)
   return tf.ensure_shape(image, [image_size, image_size, 3])
 
 
 def preprocess_small_train(image: tf.Tensor, image_size: int, seed: tf.Tensor, *,
                            random_flip: bool = False, augment_name: Optional[str] = "v1",
                            randaug_layer: int = 2, randaug_mag: float = 10.0,
-                           cutout: bool = True, cutout_op: bool = False) -> tf.Tensor:
+                           cutout: bool = True, cutout_op: bool = True,
+                           randaug_variant: str = "original") -> tf.Tensor:
   """The original 32-pixel path: no crop; RandAugment, extra cutout, pad-4 random crop.
 
   Images not already S x S are resized (bicubic) first. RandAugment uses the original's
-  translate and cutout constants S//8; the extra cutout (when `cutout` and augmenting)
+  translate and cutout constants S//8 (noisystudent preprocessing.py:211-216; in either
+  randaug_variant); the extra cutout (when `cutout` and augmenting)
   has half-size S//4 and fill 128. Then reflect-pad 4 and a random S x S crop; a flip
   only when `random_flip` (the original flipped CIFAR-10, not SVHN).
   Returns float32 `[S, S, 3]`, 0..255.
@@ -200,9 +210,10 @@ def preprocess_small_train(image: tf.Tensor, image_size: int, seed: tf.Tensor, *
   if image.shape[0] != image_size or image.shape[1] != image_size:
     image = _resize(image, image_size)
   image = _augment(image, seeds[0], augment_name, randaug_layer, randaug_mag, cutout_op,
-                   translate_const=image_size // 8, cutout_const=image_size // 8)
+                   randaug_variant, translate_const=image_size // 8,
+                   cutout_const=image_size // 8)
   if augment_name and cutout:
-    image = randaugment_lib.cutout(image, image_size // 4, seeds[1])
+    image = augment_ops.cutout(image, image_size // 4, seeds[1])
   padded = tf.pad(image, [[4, 4], [4, 4], [0, 0]], mode="REFLECT")
   image = tf.image.stateless_random_crop(padded, [image_size, image_size, 3], seeds[2])
   if random_flip:
