@@ -27,10 +27,10 @@ def define(fv: flags.FlagValues) -> None:
 
 
 def to_config(fv: flags.FlagValues) -> config_lib.PredictConfig:
-  """Reads the predict flags; the temperature is shared with training."""
+  """Reads the predict flags (predict stores T = 1 probabilities: the temperature is
+  training's)."""
   output_dir = fv.output_dir or f"{fv.model_dir.rstrip('/')}/pseudo"
   return config_lib.PredictConfig(
       predict_ckpt_path=fv.predict_ckpt_path, output_dir=output_dir,
       eval_batch_size=fv.eval_batch_size, num_shards=fv.num_shards,
-      worker_index=fv.worker_index, num_workers=fv.num_workers,
-      teacher_softmax_temp=fv.teacher_softmax_temp)
+      worker_index=fv.worker_index, num_workers=fv.num_workers)

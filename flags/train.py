@@ -26,7 +26,9 @@ def define(fv: flags.FlagValues) -> None:
                      f"{DEFAULT_STUDENT_UNLABEL_RATIO:g} for the students of "
                      "--mode=pipeline.", flag_values=fv)
   flags.DEFINE_float("teacher_softmax_temp", d.teacher_softmax_temp,
-                     "Soft pseudo-label temperature; -1 = hard (one-hot argmax) labels.",
+                     "Soft pseudo-label temperature, applied once in training: targets "
+                     "softmax(teacher logits / T) (pseudo-labels are stored at T = 1); "
+                     "-1 = hard (one-hot argmax) labels.",
                      flag_values=fv)
   flags.DEFINE_float("label_smoothing", d.label_smoothing, "On labeled (and hard) targets.",
                      flag_values=fv)
@@ -68,11 +70,13 @@ def define(fv: flags.FlagValues) -> None:
                       "Start from this checkpoint (file or model_dir) instead of scratch.",
                       flag_values=fv)
   flags.DEFINE_string("teacher_model_name", None,
-                      "On-the-fly teacher's model name (the original's mode).",
-                      flag_values=fv)
+                      "On-the-fly teacher's model name: optional (its build_config.json "
+                      "names it); when given it must match.", flag_values=fv)
   flags.DEFINE_string("teacher_model_path", None,
-                      "On-the-fly teacher's model_dir (--mode=train with unlabel_ratio > 0)."
-                      , flag_values=fv)
+                      "On-the-fly teacher (the original's mode): a model_dir, a pipeline's "
+                      "model_dir or a .keras file; it labels --unlabel_data_dir's images "
+                      "inside each step (--mode=train, --unlabel_ratio > 0).",
+                      flag_values=fv)
   flags.DEFINE_string("pseudo_label_dir", None,
                       "Pseudo-labels written by --mode=predict/filter (student training).",
                       flag_values=fv)

@@ -13,7 +13,6 @@ from noisy_student import config as config_lib
 # Total stride of EfficientNet's stem + stages; smaller inputs collapse to 1x1 maps long
 # before the head, which 'same' padding hides but which cannot learn anything useful.
 MIN_IMAGE_SIZE = 32
-_BUILTIN_PREFIXES = ("digits:", "tfds:")
 _LOOPS = ("pipeline", "ablate")  # Modes that run the whole teacher -> student loop.
 
 
@@ -130,6 +129,13 @@ def _check_conflicts(cfg: config_lib.Config) -> List[str]:
       t.pseudo_label_dir or t.teacher_model_path):
     errors.append(f"--unlabel_ratio={t.unlabel_ratio} trains a student: give "
                   "--pseudo_label_dir (from --mode=filter) or --teacher_model_path")
+  if cfg.mode == "train" and t.unlabel_ratio <= 0 and (t.pseudo_label_dir or
+                                                         t.teacher_model_path):
+    errors.append("--pseudo_label_dir / --teacher_model_path train a student: give "
+                  "--unlabel_ratio > 0 (unset, --mode=train trains a teacher)")
+  if t.teacher_model_name and not t.teacher_model_path:
+    errors.append(f"--teacher_model_name={t.teacher_model_name} names the on-the-fly "
+                  "teacher of --teacher_model_path, which is not given")
   if (cfg.mode in _LOOPS and not cfg.pipeline.student_unlabel_ratios and
       t.unlabel_ratio <= 0):
     errors.append(f"--unlabel_ratio={t.unlabel_ratio}: the students of --mode={cfg.mode} "
@@ -146,7 +152,10 @@ def _check_conflicts(cfg: config_lib.Config) -> List[str]:
   return errors
 
 
-def _exists(path: str) -> bool:
+def _exists(path: Optional[str]) -> bool:
+  """Whether a path or pattern exists (None, a built-in source, always does)."""
+  if path is None:
+    return True
   if any(c in path for c in "*?["):
     return bool(tf.io.gfile.glob(path))
   return tf.io.gfile.exists(path)
@@ -159,6 +168,8 @@ def _check_paths(cfg: config_lib.Config) -> List[str]:
            ("teacher_model_path", t.teacher_model_path)]
   if mode == "train":
     paths += [("label_data_dir", d.label_data_dir), ("pseudo_label_dir", t.pseudo_label_dir)]
+    if t.teacher_model_path:  # The on-the-fly teacher labels these.
+      paths.append(("unlabel_data_dir", d.unlabel_data_dir))
   elif mode == "predict":
     paths += [("unlabel_data_dir", d.unlabel_data_dir),
               ("predict_ckpt_path", cfg.predict.predict_ckpt_path or t.model_dir)]
@@ -171,9 +182,13 @@ def _check_paths(cfg: config_lib.Config) -> List[str]:
   elif mode in _LOOPS:
     paths += [("label_data_dir", d.label_data_dir), ("unlabel_data_dir", d.unlabel_data_dir),
               ("eval_data_dir", d.eval_data_dir)]
+  # pylint: disable=g-import-not-at-top
+  from flags import DATA_FLAGS  # Source specs: "images:DIR" reads DIR, "digits:" none.
+  from noisy_student.data import sources
+  # pylint: enable=g-import-not-at-top
   return [f"--{flag}={path}: no such file or directory"
           for flag, path in paths
-          if path and not path.startswith(_BUILTIN_PREFIXES) and not _exists(path)]
+          if path and not _exists(sources.path_of(path) if flag in DATA_FLAGS else path)]
 
 
 def _check_ablation(cfg: config_lib.Config) -> List[str]:

@@ -104,7 +104,6 @@ class PredictConfig:
   num_shards: int = 128  # Shards per worker.
   worker_index: int = 0
   num_workers: int = 1
-  teacher_softmax_temp: float = 1.0  # -1: store hard labels.
 
 
 @dataclasses.dataclass(frozen=True)

@@ -21,6 +21,7 @@ Layout of `<model_dir>`:
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 from typing import Any, Dict, List, Optional
 
@@ -71,7 +72,8 @@ class Context:
       self._sources[which] = sources.open_source(
           spec, tfds_data_dir=d.tfds_data_dir, label_offset=d.label_offset, seed=d.seed,
           digits_num_labeled=d.digits_num_labeled, digits_num_test=d.digits_num_test,
-          labeled=False if which == "unlabel" else None)
+          labeled=False if which == "unlabel" else None,
+          split={"label": "train", "unlabel": "unlabeled", "eval": "eval"}[which])
     return self._sources[which]
 
   @property
@@ -122,14 +124,15 @@ def _info(path: str, model_cfg: config_lib.ModelConfig) -> ModelInfo:
 
 def info_of(path: str) -> ModelInfo:
   """A model_dir, or a pipeline's model_dir (its last model: fine-tuned, else the last
-  student, else the teacher), or a .keras file -> ModelInfo."""
+  student, else the teacher), or a .keras file or checkpoint prefix beside a
+  build_config.json -> ModelInfo."""
   markers = phases.Markers(path)
   done = markers.done()
   students = sorted((int(n.split("-")[1]) for n in done if re.fullmatch(r"student-\d+", n)))
   for name in ["finetune"] + [f"student-{i}" for i in reversed(students)] + ["teacher"]:
     if name in done:
       return markers.get(name)["result"]
-  directory = path.rsplit("/", 1)[0] if path.endswith(".keras") else path
+  directory = path if tf.io.gfile.isdir(path) else os.path.dirname(path) or "."
   return _info(path, checkpoints.read_build_config(directory)["model"])
 
 
@@ -160,6 +163,36 @@ def train_student(ctx: Context, i: int, model_name: str, ratio: float,
   pseudo = tfrecords.read_pseudo_labels(balanced["output_dir"], balanced["plan_path"])
   return _train(ctx, ctx.model_cfg(model_name),
                 _train_cfg(ctx, directory or f"student_{i}", unlabel_ratio=ratio), pseudo)
+
+
+def train_with_teacher(ctx: Context) -> train_lib.TrainResult:
+  """--mode=train with --teacher_model_path: the original's own student training, with
+  the teacher run on the fly on --unlabel_data_dir's raw images (its SVHN run.sh).
+
+  The teacher (a model_dir, a pipeline's model_dir: its last model, or a .keras file)
+  runs un-noised at its own resolution; its build_config.json names it, so
+  --teacher_model_name (which the original needs to rebuild the graph) is optional and
+  must agree when given.
+  """
+  cfg = ctx.cfg
+  teacher = info_of(cfg.train.teacher_model_path)
+  name = cfg.train.teacher_model_name
+  if name and name != teacher["model_name"]:
+    raise ValueError(f"--teacher_model_name={name}, but --teacher_model_path="
+                     f"{cfg.train.teacher_model_path} holds a {teacher['model_name']} (its "
+                     "build_config.json); drop the flag or give the matching name")
+  if teacher["small_image"] != cfg.model.small_image:
+    raise ValueError(f"--teacher_model_path={cfg.train.teacher_model_path} was trained "
+                     f"with small_image={teacher['small_image']}, the student has "
+                     f"--small_image={cfg.model.small_image}; they must match (the teacher's "
+                     "view is preprocessed by the student's path)")
+  train_cfg = dataclasses.replace(cfg.train, teacher_model_path=teacher["path"])
+  logging.info("On-the-fly teacher: %s (%s, %d px) labels %s.", teacher["path"],
+               teacher["model_name"], teacher["image_size"], cfg.data.unlabel_data_dir)
+  return train_lib.train(ctx.model_cfg(), cfg.data, train_cfg, cfg.distribute,
+                         labeled_source=ctx.source("label"),
+                         pseudo_labels=ctx.source("unlabel"), class_names=ctx.class_names,
+                         strategy=ctx.strategy)
 
 
 def evaluate_model(ctx: Context, info: ModelInfo, name: str) -> Dict[str, Any]:
@@ -301,7 +334,9 @@ _RUNTIME_ONLY = ("model_dir", "log_every_n_steps", "save_checkpoints_steps",
 def fingerprints(cfg: config_lib.Config) -> Dict[str, phases.Fingerprint]:
   """Per phase kind, the flags its result depends on (runtime-only flags left out)."""
   train = {k: v for k, v in dataclasses.asdict(cfg.train).items() if k not in _RUNTIME_ONLY}
-  predict = {"teacher_softmax_temp": cfg.predict.teacher_softmax_temp}
+  # Predict's records depend on no flag of its own: they hold T = 1 probabilities, a
+  # convention recorded so markers of older code (which stored softmax(logits / T)) differ.
+  predict = {"probabilities_temperature": tfrecords.STORED_TEMPERATURE}
   return {"data": {"data": cfg.data, "model": cfg.model},
           "train": {"train": train, "teacher_train_steps": cfg.pipeline.teacher_train_steps},
           "predict": predict, "filter": {"filter": cfg.filter},
@@ -394,6 +429,8 @@ def run_mode(cfg: config_lib.Config) -> Any:
   if cfg.mode == "ablate":
     from noisy_student import ablations  # pylint: disable=g-import-not-at-top
     return ablations.run_ablations(cfg, ctx)
+  if cfg.mode == "train" and cfg.train.teacher_model_path:
+    return train_with_teacher(ctx)
   if cfg.mode == "train":
     # A pseudo-label directory is read with the balance plan the filter phase wrote
     # into it, if any (noisy_student.train.inputs.unlabeled_records).

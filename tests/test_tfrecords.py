@@ -7,6 +7,7 @@ import pytest
 import tensorflow as tf
 
 from tfrecords import format as fmt
+from tfrecords import reader
 
 FP = {"teacher": "t", "source": "s", "num_workers": 1, "num_shards": 2,
       "teacher_softmax_temp": 1.0, "num_classes": 3, "image_size": 8, "num_bins": 100}
@@ -67,7 +68,7 @@ def test_reader_and_plain_imagenet_parse(tmp_path):
   paths = [str(tmp_path / fmt.shard_name("train", k, 2)) for k in range(2)]
   _write(paths[0], 3, start=0).close()
   _write(paths[1], 2, start=3).close()
-  records = list(fmt.read_records(str(tmp_path)).as_numpy_iterator())
+  records = list(reader.read_records(str(tmp_path)).as_numpy_iterator())
   assert sorted(r[fmt.ID_KEY] for r in records) == [b"id%d" % i for i in range(5)]
   r = records[0]
   np.testing.assert_allclose(r[fmt.PROBS_KEY], [0.1, 0.7, 0.2])
@@ -79,19 +80,19 @@ def test_reader_and_plain_imagenet_parse(tmp_path):
   plain = tf.data.TFRecordDataset(paths[0]).map(lambda s: tf.io.parse_single_example(s, spec))
   assert next(iter(plain))["image/encoded"].numpy() == b"img0"
   # A pattern works too and ignores manifests.
-  assert len(list(fmt.read_records(str(tmp_path / "train-*")))) == 5
+  assert len(list(reader.read_records(str(tmp_path / "train-*")))) == 5
 
 
 def test_directory_missing_a_shard_or_mixing_flags_is_refused(tmp_path):
   _write(str(tmp_path / fmt.shard_name("train", 0, 2)), 3).close()
   with pytest.raises(ValueError, match="1 complete shards of the 2"):
-    fmt.read_records(str(tmp_path))
+    reader.read_records(str(tmp_path))
   other = dict(FP, teacher="other")
   _write(str(tmp_path / fmt.shard_name("train", 1, 2)), 3, fingerprint=other).close()
   with pytest.raises(ValueError, match="different flags"):
-    fmt.read_records(str(tmp_path))
+    reader.read_records(str(tmp_path))
   with pytest.raises(ValueError, match="no pseudo-label shards match"):
-    fmt.read_records(str(tmp_path / "nothing-*"))
+    reader.read_records(str(tmp_path / "nothing-*"))
 
 
 def _example_bytes(encoded, record_id, label, probs, cls, conf):
@@ -103,7 +104,9 @@ def _example_bytes(encoded, record_id, label, probs, cls, conf):
               fmt.LABEL_KEY: feature([label], tf.train.Int64List, "int64_list"),
               fmt.PROBS_KEY: feature(probs, tf.train.FloatList, "float_list"),
               fmt.CLASS_KEY: feature([cls], tf.train.Int64List, "int64_list"),
-              fmt.CONFIDENCE_KEY: feature([conf], tf.train.FloatList, "float_list")}
+              fmt.CONFIDENCE_KEY: feature([conf], tf.train.FloatList, "float_list"),
+              fmt.ORIGINAL_CLASS_KEY: feature([cls], tf.train.Int64List, "int64_list"),
+              fmt.ORIGINAL_CONFIDENCE_KEY: feature([conf], tf.train.FloatList, "float_list")}
   return tf.train.Example(features=tf.train.Features(feature=features)).SerializeToString(
       deterministic=True)
 
@@ -122,9 +125,12 @@ def test_serialize_batch_in_tf_ops_equals_the_protobuf_library():
       tf.constant(encoded), tf.constant(ids), tf.constant(labels), tf.constant(probs),
       tf.constant(classes), tf.constant(conf)).numpy()
   for i in range(5):
-    assert got[i] == _example_bytes(encoded[i], ids[i], labels[i], probs[i], classes[i],
-                                    conf[i])
-    parsed = fmt.parse_record(tf.constant(got[i]), 7)
+    want = _example_bytes(encoded[i], ids[i], labels[i], probs[i], classes[i], conf[i])
+    # Same fields, same encodings; the entries' order is C++ protobuf's (sorted keys:
+    # "prob" before "probabilities"), which Python's upb reverses for a shared prefix.
+    assert len(got[i]) == len(want)
+    assert tf.train.Example.FromString(got[i]).SerializeToString(deterministic=True) == want
+    parsed = reader.parse_record(tf.constant(got[i]), 7)
     assert parsed[fmt.IMAGE_KEY].numpy() == encoded[i]
     assert parsed[fmt.LABEL_KEY].numpy() == labels[i]
     np.testing.assert_array_equal(parsed[fmt.PROBS_KEY].numpy(), probs[i])
@@ -134,7 +140,7 @@ def test_serialize_batch_in_tf_ops_equals_the_protobuf_library():
 
 
 def test_manifest_counts_equal_a_per_record_count(tmp_path, monkeypatch):
-  monkeypatch.setattr(fmt.ShardWriter, "_COMPACT_EVERY", 50)  # Fold many times.
+  monkeypatch.setattr(fmt.ConfidenceHistogram, "_COMPACT_EVERY", 50)  # Fold many times.
   rng = np.random.default_rng(1)
   path = str(tmp_path / "train-00000-of-00001")
   w = fmt.ShardWriter(path, 4, FP, [0, 700], num_bins=10)

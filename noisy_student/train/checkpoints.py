@@ -37,7 +37,7 @@ def _join(directory: str, name: str) -> str:
 
 
 def write_json_atomic(path: str, payload: Dict[str, Any]) -> None:
-  """Writes JSON to path + '.tmp' then renames it over path."""
+  """Writes JSON to a temporary name, then renames it over path (noisy_student.atomic)."""
   atomic.write_text(path, json.dumps(payload, indent=2, sort_keys=True))
 
 
