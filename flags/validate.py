@@ -4,7 +4,7 @@ Each message names the flag (and value) at fault and what to do instead, so a cl
 fails in seconds rather than after an hour of teacher training.
 """
 import re
-from typing import List, Optional
+from typing import List
 
 import tensorflow as tf
 
@@ -152,10 +152,7 @@ def _check_conflicts(cfg: config_lib.Config) -> List[str]:
   return errors
 
 
-def _exists(path: Optional[str]) -> bool:
-  """Whether a path or pattern exists (None, a built-in source, always does)."""
-  if path is None:
-    return True
+def _exists(path: str) -> bool:
   if any(c in path for c in "*?["):
     return bool(tf.io.gfile.glob(path))
   return tf.io.gfile.exists(path)
@@ -186,9 +183,10 @@ def _check_paths(cfg: config_lib.Config) -> List[str]:
   from flags import DATA_FLAGS  # Source specs: "images:DIR" reads DIR, "digits:" none.
   from noisy_student.data import sources
   # pylint: enable=g-import-not-at-top
+  checked = [(flag, path, sources.path_of(path) if flag in DATA_FLAGS else path)
+             for flag, path in paths if path]
   return [f"--{flag}={path}: no such file or directory"
-          for flag, path in paths
-          if path and not _exists(sources.path_of(path) if flag in DATA_FLAGS else path)]
+          for flag, path, on_disk in checked if on_disk and not _exists(on_disk)]
 
 
 def _check_ablation(cfg: config_lib.Config) -> List[str]:

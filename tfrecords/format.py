@@ -1,4 +1,4 @@
-"""THE on-disk format of pseudo-labeled records: keys, shard names, writer, manifest, reader.
+"""THE on-disk format of pseudo-labeled records: keys, shard names, writer, manifests.
 
 Every pseudo-labeled record is a `tf.train.Example` with these features (ImageNet / JFT
 style, so a plain ImageNet reader that parses `image/encoded` and `image/class/label` reads
@@ -19,9 +19,10 @@ The teacher's temperature is applied once, when a student trains (as the origina
 main.py:535-537); the stored probabilities and the confidence the filter uses are T = 1
 (predict_label.py:136-141, main.py:462, filter_unlabel.py:167).
 
-The reader also takes the original's filter output (`image/encoded`, `probabilities`,
-`label`, `prob`; no id, no manifest): its `label` / `prob` stand for `classes` /
-`confidence`, and a record's id is `<shard file name>:<index in file>`.
+The reader (tfrecords/reader.py) also takes the original's filter output
+(`image/encoded`, `probabilities`, `label`, `prob`; no id, no manifest): its `label` /
+`prob` stand for `classes` / `confidence`, and a record's id is
+`<shard file name>:<index in file>`.
 
 Shard names (`shard_name`):
   one worker:       `PREFIX-%05d-of-%05d` (shard, num_shards), e.g. `train-00003-of-00128`

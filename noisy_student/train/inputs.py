@@ -8,8 +8,9 @@ Each replica's batch is a dict:
 with b = train_batch_size / replicas and u = ceil(unlabel_ratio * b).
 
 Either stream may be given raw (a Contract-2 Source, pseudo-label TFRecords, or records
-with "image/encoded"; a Source of unlabeled images feeds an on-the-fly teacher) - then the stages of noisy_student.data.pipeline decode and noise
-it - or as a tf.data.Dataset of already preprocessed examples (see `train`).
+with "image/encoded"; a Source of unlabeled images feeds an on-the-fly teacher) - then
+the stages of noisy_student.data.pipeline decode and noise it - or as a
+tf.data.Dataset of already preprocessed examples (see `train`).
 
 Resume: each stream is a sequence of whole epochs, each shuffled with its own seed, so
 a run restarted at global step s starts every pipeline exactly where the uninterrupted
