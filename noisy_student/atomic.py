@@ -33,7 +33,6 @@ def write_with(path: str, write: Callable, mode: str = "w") -> str:
     raise
   return path
 
-
 def write_text(path: str, text: str) -> str:
   """Writes `text` to `path` atomically; returns path."""
   return write_with(path, lambda f: f.write(text))

@@ -31,6 +31,7 @@ from noisy_student import settings
 from noisy_student.config import FilterConfig
 from tfrecords import format as fmt
 from tfrecords import plan as plan_lib
+from tfrecords import reader
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,14 +88,8 @@ def histogram_plan(hist: np.ndarray, cfg: FilterConfig) -> List[Dict[str, Any]]:
 
 def _read_small_fields(paths: Sequence[str], seed: int) -> Dict[str, np.ndarray]:
   """Class, confidence and id hash of every record (16 bytes each), for exact top-K."""
-  spec = {fmt.ID_KEY: tf.io.FixedLenFeature([], tf.string),
-          fmt.CLASS_KEY: tf.io.FixedLenFeature([], tf.int64),
-          fmt.CONFIDENCE_KEY: tf.io.FixedLenFeature([], tf.float32)}
-  ds = tf.data.TFRecordDataset(paths, num_parallel_reads=tf.data.AUTOTUNE).batch(8192)
-  parse = tf.autograph.experimental.do_not_convert(lambda s: tf.io.parse_example(s, spec))
-  ds = ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE)
   parts = {"c": [], "x": [], "h": []}
-  for f in ds.prefetch(2):
+  for f in reader.read_small_fields(paths).prefetch(2):
     parts["c"].append(f[fmt.CLASS_KEY].numpy())
     parts["x"].append(f[fmt.CONFIDENCE_KEY].numpy())
     parts["h"].append(plan_lib.id_hash(f[fmt.ID_KEY], seed).numpy())
@@ -126,7 +121,7 @@ def _class_names(pseudo_dir: str, num_classes: int,
                  class_names: Optional[Sequence[str]]) -> List[str]:
   """Given names, else predict's class_names.json, else the class indices."""
   if class_names is None:
-    path = f"{pseudo_dir}/class_names.json"
+    path = f"{pseudo_dir}/{fmt.CLASS_NAMES_FILE}"
     if tf.io.gfile.exists(path):
       with tf.io.gfile.GFile(path) as f:
         class_names = json.load(f)["class_names"]
@@ -177,12 +172,27 @@ def _report(cfg: FilterConfig, seed: int, mode: str, names: Sequence[str],
           "totals": totals, "per_class": per_class}
 
 
+def _manifests(pseudo_dir: str) -> List[Dict[str, Any]]:
+  """The complete shards' manifests; for the original's filter output (no manifests),
+  one built by a pass over its records' small fields."""
+  if reader.is_original_output(pseudo_dir):
+    paths = reader.resolve_shards(pseudo_dir)
+    logging.info("%s holds no manifests: reading the classes and confidences of its %d "
+                 "shards (the original's `label` and `prob`) once.", pseudo_dir, len(paths))
+    return [reader.scan_manifest(paths)]
+  manifests = fmt.list_manifests(pseudo_dir)
+  fmt.check_complete(manifests, pseudo_dir)
+  return manifests
+
+
 def balance(pseudo_dir: str, filter_cfg: FilterConfig, *, output_dir: Optional[str] = None,
             class_names: Optional[Sequence[str]] = None, seed: int = 0) -> BalanceResult:
   """Computes the balance plan of a predict output directory; writes plan, report, plot.
 
   Args:
-    pseudo_dir: predict's output directory (every worker's shards must be complete).
+    pseudo_dir: predict's output directory (every worker's shards must be complete),
+      or a directory of the original's filter output (read once to build what the plan
+      needs).
     filter_cfg: min_threshold, num_image (0: no balancing), upsample, exact_topk.
     output_dir: where balance_plan.json, balance_report.json and balance_counts.png go
       (default pseudo_dir).
@@ -194,13 +204,12 @@ def balance(pseudo_dir: str, filter_cfg: FilterConfig, *, output_dir: Optional[s
   """
   settings.require(filter_cfg)
   pseudo_dir = pseudo_dir.rstrip("/")
-  manifests = fmt.list_manifests(pseudo_dir)
-  fmt.check_complete(manifests, pseudo_dir)
+  manifests = _manifests(pseudo_dir)
   num_classes = int(manifests[0]["num_classes"])
   names = _class_names(pseudo_dir, num_classes, class_names)
   if filter_cfg.exact_topk:
-    mode, entries = "exact", exact_plan([m["path"] for m in manifests], num_classes, filter_cfg,
-                                       seed)
+    mode, entries = "exact", exact_plan(reader.resolve_shards(pseudo_dir), num_classes,
+                                        filter_cfg, seed)
   else:
     mode, entries = "histogram", histogram_plan(merge_histograms(manifests), filter_cfg)
   plan = {"version": plan_lib.PLAN_VERSION, "mode": mode, "seed": seed,

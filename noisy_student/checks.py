@@ -18,8 +18,10 @@ from noisy_student import ablation_variants
 from noisy_student import config as config_lib
 from noisy_student import settings
 from noisy_student.config import Config
+from noisy_student.data import source
 
-_BUILTIN_PREFIXES = ("digits:", "tfds:")
+# The flags that hold source specs ("images:DIR" reads DIR, "digits:..." reads nothing).
+_SOURCE_FLAGS = ("label_data_dir", "unlabel_data_dir", "eval_data_dir")
 
 
 class ConfigError(ValueError):
@@ -78,7 +80,7 @@ def _ratios(cfg: Config) -> List[str]:
 
 def _conflicts(cfg: Config) -> List[str]:
   d, t, loop = cfg.distribute, cfg.train, cfg.mode in config_lib.LOOP_MODES
-  ratio = t.unlabel_ratio
+  ratio, student = t.unlabel_ratio, t.pseudo_label_dir or t.teacher_model_path
   pairs = [
       (d.use_tpu and d.strategy not in ("auto", "tpu"),
        f"--use_tpu conflicts with --strategy={d.strategy}; drop one"),
@@ -90,10 +92,15 @@ def _conflicts(cfg: Config) -> List[str]:
       (t.pseudo_label_dir and t.teacher_model_path,
        "--pseudo_label_dir and --teacher_model_path both give the student its "
        "pseudo-labels; use one"),
-      (cfg.mode == "train" and (ratio or 0) > 0 and not (t.pseudo_label_dir or
-                                                         t.teacher_model_path),
+      (cfg.mode == "train" and (ratio or 0) > 0 and not student,
        f"--unlabel_ratio={settings.show(ratio)} trains a student: give --pseudo_label_dir "
        "(from --mode=filter) or --teacher_model_path"),
+      (cfg.mode == "train" and not ratio and student,
+       "--pseudo_label_dir / --teacher_model_path train a student: give --unlabel_ratio > 0 "
+       "(unset, --mode=train trains a teacher)"),
+      (t.teacher_model_name and not t.teacher_model_path,
+       f"--teacher_model_name={t.teacher_model_name} names the on-the-fly teacher of "
+       "--teacher_model_path, which is not given"),
       (loop and not cfg.pipeline.student_unlabel_ratios and ratio is not None and ratio <= 0,
        f"--unlabel_ratio={settings.show(ratio)}: the students of --mode={cfg.mode} need a "
        "ratio > 0 (or --student_unlabel_ratios)"),
@@ -126,6 +133,8 @@ def _paths(cfg: Config) -> List[str]:
            ("teacher_model_path", t.teacher_model_path)]
   if mode == "train":
     paths += [("label_data_dir", d.label_data_dir), ("pseudo_label_dir", t.pseudo_label_dir)]
+    if t.teacher_model_path:  # The on-the-fly teacher labels these.
+      paths.append(("unlabel_data_dir", d.unlabel_data_dir))
   elif mode == "predict":
     paths += [("unlabel_data_dir", d.unlabel_data_dir),
               ("predict_ckpt_path", cfg.predict.predict_ckpt_path or t.model_dir)]
@@ -140,9 +149,10 @@ def _paths(cfg: Config) -> List[str]:
               ("eval_data_dir", d.eval_data_dir)]
   if cfg.robustness.enabled and cfg.robustness.baseline:
     paths.append(("robustness_baseline", cfg.robustness.baseline))
+  checked = [(flag, path, source.path_of(path) if flag in _SOURCE_FLAGS else path)
+             for flag, path in paths if path]
   return [f"--{flag}={path}: no such file or directory"
-          for flag, path in paths
-          if path and not path.startswith(_BUILTIN_PREFIXES) and not exists(path)]
+          for flag, path, on_disk in checked if on_disk and not exists(on_disk)]
 
 
 def pseudo_label_dir(cfg: Config) -> str:

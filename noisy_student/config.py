@@ -169,8 +169,9 @@ class TrainConfig:
       f"Unset: 0 in --mode=train (a teacher), {DEFAULT_STUDENT_UNLABEL_RATIO:g} for the "
       "students of --mode=pipeline.", check=at_least(0))
   teacher_softmax_temp: float = setting(
-      1.0, "Soft pseudo-label temperature; -1 = hard (one-hot argmax) labels.",
-      check=_temperature)
+      1.0, "Soft pseudo-label temperature, applied once in training: targets "
+      "softmax(teacher logits / T) (pseudo-labels are stored at T = 1); -1 = hard "
+      "(one-hot argmax) labels.", check=_temperature)
   label_smoothing: float = setting(0.1, "On labeled (and hard) targets.",
                                    check=in_range(0, 1, high_open=True))
   weight_decay: float = setting(
@@ -206,9 +207,12 @@ class TrainConfig:
   init_model_path: Optional[str] = setting(
       None, "Start from this checkpoint (file or model_dir) instead of scratch.")
   teacher_model_name: Optional[str] = setting(
-      None, "On-the-fly teacher's model name (the original's mode).")
+      None, "On-the-fly teacher's model name: optional (its build_config.json names it); "
+      "when given it must match.")
   teacher_model_path: Optional[str] = setting(
-      None, "On-the-fly teacher's model_dir (--mode=train with unlabel_ratio > 0).")
+      None, "On-the-fly teacher (the original's mode): a model_dir, a pipeline's model_dir "
+      "or a .keras file; it labels --unlabel_data_dir's images inside each step "
+      "(--mode=train, --unlabel_ratio > 0).")
   pseudo_label_dir: Optional[str] = setting(
       None, "Pseudo-labels written by --mode=predict/filter (student training).")
 
@@ -261,7 +265,6 @@ class PredictConfig:
                               aliases=("worker_id",), check=at_least(0))
   num_workers: int = setting(1, "Workers splitting the unlabeled data (any count).",
                              aliases=("total_replicas",), check=at_least(1))
-  teacher_softmax_temp: float = 1.0  # Copied from TrainConfig's (see flags.to_config).
 
   def problems(self) -> List[str]:
     if 0 <= self.worker_index < self.num_workers:

@@ -32,6 +32,8 @@ def run(cfg: config_lib.Config) -> Any:
     return pipeline.run_pipeline(cfg, ctx)
   if cfg.mode == "ablate":
     return ablations.run_ablations(cfg, ctx)
+  if cfg.mode == "train" and cfg.train.teacher_model_path:
+    return pipeline.train_with_teacher(ctx)
   if cfg.mode == "train":
     # A pseudo-label directory is read with the balance plan the filter phase wrote
     # into it, if any (noisy_student.train.inputs.unlabeled_records).

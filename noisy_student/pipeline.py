@@ -22,6 +22,7 @@ Layout of `<model_dir>`:
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 from typing import Any, Dict, List, Optional
 
@@ -73,7 +74,8 @@ class Context:
       self._sources[which] = sources.open_source(
           spec, tfds_data_dir=d.tfds_data_dir, label_offset=d.label_offset, seed=d.seed,
           digits_num_labeled=d.digits_num_labeled, digits_num_test=d.digits_num_test,
-          labeled=False if which == "unlabel" else None)
+          labeled=False if which == "unlabel" else None,
+          split={"label": "train", "unlabel": "unlabeled", "eval": "eval"}[which])
     return self._sources[which]
 
   @property
@@ -132,14 +134,15 @@ def _trained(path: str, model_cfg: config_lib.ModelConfig, **extra) -> TrainedMo
 
 def trained_model_of(path: str) -> TrainedModel:
   """A model_dir, or a pipeline's model_dir (its last model: fine-tuned, else the last
-  student, else the teacher), or a .keras file -> TrainedModel."""
+  student, else the teacher), or a .keras file or checkpoint prefix beside a
+  build_config.json -> TrainedModel."""
   markers = phases.Markers(path)
   done = markers.done()
   students = sorted((int(n.split("-")[1]) for n in done if re.fullmatch(r"student-\d+", n)))
   for name in ["finetune"] + [f"student-{i}" for i in reversed(students)] + ["teacher"]:
     if name in done:
       return TrainedModel.from_json(markers.get(name)["result"])
-  directory = path.rsplit("/", 1)[0] if path.endswith(".keras") else path
+  directory = path if tf.io.gfile.isdir(path) else os.path.dirname(path) or "."
   return _trained(path, checkpoints.read_build_config(directory)["model"])
 
 
@@ -212,6 +215,36 @@ def train_student(ctx: Context, i: int, model_name: str, ratio: float,
   pseudo = tfrecords.read_pseudo_labels(balanced.output_dir, balanced.plan_path)
   return _train(ctx, ctx.model_cfg(model_name),
                 _train_cfg(ctx, directory or f"student_{i}", unlabel_ratio=ratio), pseudo)
+
+
+def train_with_teacher(ctx: Context) -> train_lib.TrainResult:
+  """--mode=train with --teacher_model_path: the original's own student training, with
+  the teacher run on the fly on --unlabel_data_dir's raw images (its SVHN run.sh).
+
+  The teacher (a model_dir, a pipeline's model_dir: its last model, or a .keras file)
+  runs un-noised at its own resolution; its build_config.json names it, so
+  --teacher_model_name (which the original needs to rebuild the graph) is optional and
+  must agree when given.
+  """
+  cfg = ctx.cfg
+  teacher = trained_model_of(cfg.train.teacher_model_path)
+  name = cfg.train.teacher_model_name
+  if name and name != teacher.model_name:
+    raise ValueError(f"--teacher_model_name={name}, but --teacher_model_path="
+                     f"{cfg.train.teacher_model_path} holds a {teacher.model_name} (its "
+                     "build_config.json); drop the flag or give the matching name")
+  if teacher.small_image != cfg.model.small_image:
+    raise ValueError(f"--teacher_model_path={cfg.train.teacher_model_path} was trained "
+                     f"with small_image={teacher.small_image}, the student has "
+                     f"--small_image={cfg.model.small_image}; they must match (the "
+                     "teacher's view is preprocessed by the student's path)")
+  train_cfg = dataclasses.replace(cfg.train, teacher_model_path=teacher.path)
+  logging.info("On-the-fly teacher: %s (%s, %d px) labels %s.", teacher.path,
+               teacher.model_name, teacher.image_size, cfg.data.unlabel_data_dir)
+  return train_lib.train(ctx.model_cfg(), cfg.data, train_cfg, cfg.distribute,
+                         labeled_source=ctx.source("label"),
+                         pseudo_labels=ctx.source("unlabel"), class_names=ctx.class_names,
+                         strategy=ctx.strategy)
 
 
 def evaluate_model(ctx: Context, model: TrainedModel, name: str) -> Evaluation:
@@ -359,7 +392,9 @@ def fingerprints(cfg: config_lib.Config) -> Dict[str, phases.Fingerprint]:
   """Per phase kind, the settings its result depends on."""
   train = {k: v for k, v in dataclasses.asdict(cfg.train).items()
            if k not in _NOT_IN_FINGERPRINT}
-  predict = {"teacher_softmax_temp": cfg.predict.teacher_softmax_temp}
+  # Predict's records depend on no setting of its own: they hold T = 1 probabilities, a
+  # convention recorded so markers of older code (which stored softmax(logits / T)) differ.
+  predict = {"probabilities_temperature": tfrecords.STORED_TEMPERATURE}
   return {"data": {"data": cfg.data, "model": cfg.model},
           "train": {"train": train, **{k: getattr(cfg.pipeline, k) for k in (
               "teacher_train_steps", "teacher_train_epochs", "teacher_image_size")}},

@@ -7,6 +7,7 @@ not from dicts whose shape each caller rebuilds. Pure Python.
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Any, Dict, List, Optional, Type, TypeVar
 
 T = TypeVar("T", bound="Result")
@@ -28,8 +29,9 @@ class Result:
 class TrainedModel(Result):
   """A trained (or fine-tuned) model: where it is and how to feed it.
 
-  `path` is a model_dir (checkpoints, build_config.json) or a `.keras` file inside one;
-  either way `directory` holds the build_config.json with its class names.
+  `path` is a model_dir (checkpoints, build_config.json), or a `.keras` file or a
+  checkpoint prefix (`.../ckpt-N`) inside one; either way `directory` holds the
+  build_config.json with its class names.
   """
   path: str
   model_name: str
@@ -40,7 +42,8 @@ class TrainedModel(Result):
 
   @property
   def directory(self) -> str:
-    return self.path.rsplit("/", 1)[0] if self.path.endswith(".keras") else self.path
+    inside = self.path.endswith(".keras") or re.search(r"/ckpt-\d+$", self.path)
+    return (self.path.rsplit("/", 1)[0] or "/") if inside else self.path.rstrip("/")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -120,3 +120,32 @@ def test_plan_from_other_shards_is_refused(tmp_path):
   bad.write_text(json.dumps({"version": 99}))
   with pytest.raises(ValueError, match="balance plan"):
     plan_lib.read_pseudo_labels(str(tmp_path / "a"), str(bad))
+
+
+@pytest.mark.parametrize("exact", [False, True])
+def test_the_originals_filter_output_is_balanced_by_one_pass(tmp_path, exact):
+  """Shards without manifests (the original's filter output, keys `label` and `prob`)
+  get the same plan as ours with the same confidences: one pass builds the histogram."""
+  from test_tfrecords import write_original_shard  # pylint: disable=g-import-not-at-top
+  conf = _confidences()
+  ours = _write_shards(str(tmp_path / "ours"), conf)
+  theirs = tmp_path / "theirs"
+  theirs.mkdir()
+  probs = np.zeros([len(ours), C], np.float32)  # As _write_shards: x at class c.
+  for row, (c, x, _) in enumerate(ours):
+    probs[row, c] = x
+  for k in range(2):
+    write_original_shard(theirs / f"train-0-{k:05d}-of-00002", probs[k::2], seed=k)
+  cfg = FilterConfig(num_image=300, exact_topk=exact)
+  mine = balance.balance(str(tmp_path / "ours"), cfg, seed=1).report
+  result = balance.balance(str(theirs), cfg, seed=1)
+  per_class = [(p["before"], p["kept_unique"]) for p in result.report["per_class"]]
+  assert per_class[0] == (2000, 300) and per_class[2] == (3, 0)
+  assert [p["before"] for p in mine["per_class"]] == [p[0] for p in per_class]
+  got = _read(theirs, result.plan_path)  # The plan applies to them at read time.
+  assert len(got) == result.report["totals"]["after"]
+  assert all(x >= 0.3 for _, x, _ in got)
+  # A changed file is another set of shards: the plan is refused.
+  write_original_shard(theirs / "train-0-00001-of-00002", probs[:5], seed=7)
+  with pytest.raises(ValueError, match="computed for other shards"):
+    plan_lib.read_pseudo_labels(str(theirs), result.plan_path)

@@ -157,6 +157,60 @@ def test_tfrecords(tmp_path):
     sources.open_source(str(tmp_path / "bad.tfrecord"))
 
 
+def test_tfrecord_directory_is_read_by_split(tmp_path, caplog):
+  """ImageNet's layout keeps train-* and validation-* side by side; the original reads
+  <dir>/train* to train, <dir>/validation* to evaluate, and adds <dir>/extra* for the
+  unlabeled data (noisystudent data_input.py:386-402)."""
+  d = tmp_path / "imagenet"
+  d.mkdir()
+  _write_records(d / "train-00000-of-00002", [1, 2, 3])
+  _write_records(d / "train-00001-of-00002", [3, 1])
+  _write_records(d / "validation-00000-of-00001", [2, 2, 2, 2])
+  with caplog.at_level("INFO"):
+    train = sources.open_source(str(d), label_offset=1)
+  assert train.size == 5 and train.class_counts == {0: 2, 1: 1, 2: 2}
+  assert all(b"/train-" in r["id"] for r in _records(train))
+  assert "2 train* files" in caplog.text and "left out: 1 validation*" in caplog.text
+  val = sources.open_source(str(d), label_offset=1, split="eval")
+  assert val.size == 4 and val.class_counts == {1: 4}
+  assert sources.open_source(f"tfrecord:{d}", split="eval").size == 4
+  # A pattern takes exactly what it matches.
+  assert sources.open_source(f"{d}/*", label_offset=1).size == 9
+
+
+def test_tfrecord_directory_of_the_original_svhn_layout(tmp_path):
+  """proc_svhn.py writes train-*, dev-*, test-* and an unlabeled/ folder of extra-*
+  (noisystudent proc_svhn.py:113-125): a directory of records beside a sub-folder."""
+  d = tmp_path / "proc"
+  (d / "unlabeled").mkdir(parents=True)
+  _write_records(d / "train-00000-of-00001", [1, 2])
+  _write_records(d / "dev-00000-of-00001", [1])
+  _write_records(d / "test-00000-of-00001", [2, 2, 2])
+  _write_records(d / "unlabeled" / "extra-00000-of-00001", [1, 1, 1, 1])
+  assert sources.open_source(str(d), label_offset=1).size == 2
+  assert sources.open_source(str(d), label_offset=1, split="eval").size == 3
+  unl = sources.open_source(str(d / "unlabeled"), labeled=False, split="unlabeled")
+  assert unl.size == 4 and not unl.labeled
+
+
+def test_tfrecord_directory_without_a_split_is_refused(tmp_path):
+  d = tmp_path / "records"
+  d.mkdir()
+  _write_records(d / "data-00000-of-00001", [1])
+  with pytest.raises(ValueError, match=r"no train\* files for its train split.*"
+                     r"data-00000-of-00001.*NAME-\*"):
+    sources.open_source(str(d))
+  _write_records(d / "train-00000-of-00001", [1])
+  with pytest.raises(ValueError, match=r"no validation\* or test\* files"):
+    sources.open_source(str(d), split="eval")
+  tfds_dir = tmp_path / "tfds_version"
+  tfds_dir.mkdir()
+  _write_records(tfds_dir / "ns-train.tfrecord-00000-of-00001", [1])
+  (tfds_dir / "dataset_info.json").write_text("{}")
+  with pytest.raises(ValueError, match="tfds:NAME:SPLIT"):
+    sources.open_source(str(tfds_dir))
+
+
 class NsTinyImages(tfds.core.GeneratorBasedBuilder):
   """A 7-image dataset built locally, offline."""
   VERSION = tfds.core.Version("1.0.0")

@@ -70,8 +70,6 @@ def test_every_config_field_has_a_flag():
     for field in dataclasses.fields(section):
       if dataclasses.is_dataclass(hints[field.name]):
         continue
-      if (section, field.name) == (config_lib.PredictConfig, "teacher_softmax_temp"):
-        continue  # Predict's copy of the temperature goes with the T=1 fix (issue 11).
       assert field.name in declared, f"{section.__name__}.{field.name} is not a setting"
       assert declared[field.name].flag in fv
 
@@ -120,6 +118,11 @@ def test_unset_unlabel_ratio_is_a_teacher_in_train_and_3_for_pipeline_students(t
     (["--use_tpu", "--tpu=x"], "--model_dir=runs/default: a TPU reads and writes only gs://"),
     (["--use_bfloat16", "--dtype_policy=mixed_float16"], "--use_bfloat16 conflicts with"),
     (["--mode=train", "--unlabel_ratio=2"], "--unlabel_ratio=2 trains a student"),
+    (["--mode=train", "--teacher_model_path=/no/t"], "give --unlabel_ratio > 0"),
+    (["--mode=train", "--teacher_model_name=b0"],
+     "--teacher_model_name=efficientnet-b0 names the on-the-fly teacher"),
+    (["--mode=train", "--teacher_model_path=/no/t", "--unlabel_ratio=1",
+      "--unlabel_data_dir=images:/no/imgs"], "--unlabel_data_dir=images:/no/imgs: no such"),
     (["--worker_index=2", "--num_workers=2"], "--worker_index=2: must be in [0, --num_w"),
     (["--teacher_softmax_temp=0"], "--teacher_softmax_temp=0: must be > 0, or -1"),
     (["--min_threshold=1.5"], "--min_threshold=1.5: must be in [0, 1]"),

@@ -16,6 +16,7 @@ from noisy_student import predict
 from noisy_student.config import PredictConfig
 from noisy_student.data import sources
 from tfrecords import format as fmt
+from tfrecords import reader
 
 DIGITS_SPLIT = {"digits_num_labeled": 800, "digits_num_test": 800}
 HELPER = os.path.join(os.path.dirname(__file__), "predict_kill_helper.py")
@@ -34,15 +35,14 @@ def source():
 
 
 def _run(model, source, out, **kwargs):
-  cfg_keys = ("num_shards", "eval_batch_size", "worker_index", "num_workers",
-              "teacher_softmax_temp")
+  cfg_keys = ("num_shards", "eval_batch_size", "worker_index", "num_workers")
   cfg = PredictConfig(output_dir=str(out), **{k: kwargs.pop(k) for k in cfg_keys if k in kwargs})
   kwargs.setdefault("teacher_id", "t")
   return predict.predict(model, source, cfg, image_size=32, **kwargs)
 
 
 def _by_id(directory):
-  records = fmt.read_records(str(directory)).as_numpy_iterator()
+  records = reader.read_records(str(directory)).as_numpy_iterator()
   return {r[fmt.ID_KEY]: r for r in records}
 
 
@@ -70,30 +70,40 @@ def test_soft_labels_match_the_teacher(model, source, tmp_path):
   assert [m["source_range"] for m in manifests] == [[0, 65], [65, 131], [131, 197]]
 
 
-def test_hard_labels_and_temperature(model, source, tmp_path):
+def test_records_parse_with_the_originals_unlabeled_parser(model, source, tmp_path):
+  """The original's trainer reads pseudo-labels with unl_dst_parser (noisystudent
+  data_input.py:131-141): these keys, dtypes and shapes, `prob` required. Ours hold them:
+  `label` the teacher's class, `prob` its T = 1 probability (filter_unlabel.py:240-242)."""
+  _run(model, source, tmp_path, num_shards=2, eval_batch_size=64)
+  spec = {"probabilities": tf.io.FixedLenFeature([10], tf.float32),
+          "label": tf.io.FixedLenFeature([], tf.int64, -1),
+          "prob": tf.io.FixedLenFeature([], tf.float32),
+          "image/encoded": tf.io.FixedLenFeature((), tf.string, "")}
+  shards = sorted(str(p) for p in tmp_path.glob("train*"))  # The original's glob.
+  assert len(shards) == 2  # Manifests and counts start with "_": not train* files.
+  ds = tf.data.TFRecordDataset(shards)
+  parsed = ds.map(lambda s: tf.io.parse_single_example(s, spec))
+  assert len(list(parsed)) == source.size
+  # The same parse plus our id, to match records with the teacher's outputs.
+  with_id = dict(spec, **{fmt.ID_KEY: tf.io.FixedLenFeature([], tf.string)})
+  got = {r[fmt.ID_KEY]: r for r in ds.map(
+      lambda s: tf.io.parse_single_example(s, with_id)).as_numpy_iterator()}
   ids, logits = _expected_logits(model, source)
-  _run(model, source, tmp_path / "hard", num_shards=1, eval_batch_size=128,
-       teacher_softmax_temp=-1)
-  got = _by_id(tmp_path / "hard")
-  hard = np.stack([got[i][fmt.PROBS_KEY] for i in ids])
-  np.testing.assert_array_equal(hard, np.eye(10)[logits.argmax(1)])
-  np.testing.assert_allclose([got[i][fmt.CONFIDENCE_KEY] for i in ids],
-                             tf.nn.softmax(logits).numpy().max(1), atol=1e-5)
-  _run(model, source, tmp_path / "t2", num_shards=1, eval_batch_size=128,
-       teacher_softmax_temp=2.0)
-  got = _by_id(tmp_path / "t2")
-  np.testing.assert_allclose(np.stack([got[i][fmt.PROBS_KEY] for i in ids]),
-                             tf.nn.softmax(logits / 2).numpy(), atol=1e-5)
+  probs = tf.nn.softmax(logits).numpy()
+  rows = [got[i] for i in ids]
+  np.testing.assert_array_equal([r["label"] for r in rows], logits.argmax(1))
+  np.testing.assert_allclose([r["prob"] for r in rows], probs.max(1), atol=1e-6)
+  np.testing.assert_allclose(np.stack([r["probabilities"] for r in rows]), probs, atol=1e-5)
 
 
 def test_three_workers_split_disjointly(model, source, tmp_path):
   for w in range(3):
     if w == 2:  # Two of three workers done: the directory is refused as incomplete.
       with pytest.raises(ValueError, match="4 complete shards of the 6"):
-        fmt.read_records(str(tmp_path))
+        reader.read_records(str(tmp_path))
     _run(model, source, tmp_path, num_shards=2, eval_batch_size=32, worker_index=w,
          num_workers=3)
-  ids = [r[fmt.ID_KEY] for r in fmt.read_records(str(tmp_path)).as_numpy_iterator()]
+  ids = [r[fmt.ID_KEY] for r in reader.read_records(str(tmp_path)).as_numpy_iterator()]
   assert len(ids) == len(set(ids)) == source.size
   assert os.path.exists(tmp_path / "train-w00002-of-00003-00001-of-00002")
 
@@ -106,7 +116,7 @@ def test_bad_inputs_fail_clearly(model, source, tmp_path):
     _run(model, source, tmp_path, worker_index=3, num_workers=3)
   _run(model, source, tmp_path, num_shards=2, eval_batch_size=128)
   with pytest.raises(ValueError, match="written with other flags"):
-    _run(model, source, tmp_path, num_shards=2, eval_batch_size=128, teacher_softmax_temp=2.0)
+    _run(model, source, tmp_path, num_shards=2, eval_batch_size=128, teacher_id="other")
   with pytest.raises(ValueError, match="written with other flags"):
     _run(model, source, tmp_path, num_shards=2, eval_batch_size=128, num_workers=2)
 
@@ -150,7 +160,7 @@ def test_labels_and_ids_of_a_labeled_tfrecord_source_pass_through(model, tmp_pat
 def test_resume_rewrites_only_incomplete_shards(model, source, tmp_path):
   _run(model, source, tmp_path, num_shards=4, eval_batch_size=64)
   before = _by_id(tmp_path)
-  os.remove(tmp_path / ("train-00002-of-00004" + fmt.MANIFEST_SUFFIX))
+  os.remove(tmp_path / fmt.manifest_name("train-00002-of-00004"))
   summary = _run(model, source, tmp_path, num_shards=4, eval_batch_size=64)
   assert (summary.shards_written, summary.shards_reused) == (1, 3)
   assert summary.records_written == 49  # Records [98, 147) of 197.

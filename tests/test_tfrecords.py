@@ -7,6 +7,7 @@ import pytest
 import tensorflow as tf
 
 from tfrecords import format as fmt
+from tfrecords import reader
 
 FP = {"teacher": "t", "source": "s", "num_workers": 1, "num_shards": 2,
       "teacher_softmax_temp": 1.0, "num_classes": 3, "image_size": 8, "num_bins": 100}
@@ -67,7 +68,7 @@ def test_reader_and_plain_imagenet_parse(tmp_path):
   paths = [str(tmp_path / fmt.shard_name("train", k, 2)) for k in range(2)]
   _write(paths[0], 3, start=0).close()
   _write(paths[1], 2, start=3).close()
-  records = list(fmt.read_records(str(tmp_path)).as_numpy_iterator())
+  records = list(reader.read_records(str(tmp_path)).as_numpy_iterator())
   assert sorted(r[fmt.ID_KEY] for r in records) == [b"id%d" % i for i in range(5)]
   r = records[0]
   np.testing.assert_allclose(r[fmt.PROBS_KEY], [0.1, 0.7, 0.2])
@@ -79,19 +80,19 @@ def test_reader_and_plain_imagenet_parse(tmp_path):
   plain = tf.data.TFRecordDataset(paths[0]).map(lambda s: tf.io.parse_single_example(s, spec))
   assert next(iter(plain))["image/encoded"].numpy() == b"img0"
   # A pattern works too and ignores manifests.
-  assert len(list(fmt.read_records(str(tmp_path / "train-*")))) == 5
+  assert len(list(reader.read_records(str(tmp_path / "train-*")))) == 5
 
 
 def test_directory_missing_a_shard_or_mixing_flags_is_refused(tmp_path):
   _write(str(tmp_path / fmt.shard_name("train", 0, 2)), 3).close()
   with pytest.raises(ValueError, match="1 complete shards of the 2"):
-    fmt.read_records(str(tmp_path))
+    reader.read_records(str(tmp_path))
   other = dict(FP, teacher="other")
   _write(str(tmp_path / fmt.shard_name("train", 1, 2)), 3, fingerprint=other).close()
   with pytest.raises(ValueError, match="different flags"):
-    fmt.read_records(str(tmp_path))
+    reader.read_records(str(tmp_path))
   with pytest.raises(ValueError, match="no pseudo-label shards match"):
-    fmt.read_records(str(tmp_path / "nothing-*"))
+    reader.read_records(str(tmp_path / "nothing-*"))
 
 
 def _example_bytes(encoded, record_id, label, probs, cls, conf):
@@ -103,7 +104,9 @@ def _example_bytes(encoded, record_id, label, probs, cls, conf):
               fmt.LABEL_KEY: feature([label], tf.train.Int64List, "int64_list"),
               fmt.PROBS_KEY: feature(probs, tf.train.FloatList, "float_list"),
               fmt.CLASS_KEY: feature([cls], tf.train.Int64List, "int64_list"),
-              fmt.CONFIDENCE_KEY: feature([conf], tf.train.FloatList, "float_list")}
+              fmt.CONFIDENCE_KEY: feature([conf], tf.train.FloatList, "float_list"),
+              fmt.ORIGINAL_CLASS_KEY: feature([cls], tf.train.Int64List, "int64_list"),
+              fmt.ORIGINAL_CONFIDENCE_KEY: feature([conf], tf.train.FloatList, "float_list")}
   return tf.train.Example(features=tf.train.Features(feature=features)).SerializeToString(
       deterministic=True)
 
@@ -122,9 +125,12 @@ def test_serialize_batch_in_tf_ops_equals_the_protobuf_library():
       tf.constant(encoded), tf.constant(ids), tf.constant(labels), tf.constant(probs),
       tf.constant(classes), tf.constant(conf)).numpy()
   for i in range(5):
-    assert got[i] == _example_bytes(encoded[i], ids[i], labels[i], probs[i], classes[i],
-                                    conf[i])
-    parsed = fmt.parse_record(tf.constant(got[i]), 7)
+    want = _example_bytes(encoded[i], ids[i], labels[i], probs[i], classes[i], conf[i])
+    # Same fields, same encodings; the entries' order is C++ protobuf's (sorted keys:
+    # "prob" before "probabilities"), which Python's upb reverses for a shared prefix.
+    assert len(got[i]) == len(want)
+    assert tf.train.Example.FromString(got[i]).SerializeToString(deterministic=True) == want
+    parsed = reader.parse_record(tf.constant(got[i]), 7)
     assert parsed[fmt.IMAGE_KEY].numpy() == encoded[i]
     assert parsed[fmt.LABEL_KEY].numpy() == labels[i]
     np.testing.assert_array_equal(parsed[fmt.PROBS_KEY].numpy(), probs[i])
@@ -134,7 +140,7 @@ def test_serialize_batch_in_tf_ops_equals_the_protobuf_library():
 
 
 def test_manifest_counts_equal_a_per_record_count(tmp_path, monkeypatch):
-  monkeypatch.setattr(fmt.ShardWriter, "_COMPACT_EVERY", 50)  # Fold many times.
+  monkeypatch.setattr(fmt.ConfidenceHistogram, "_COMPACT_EVERY", 50)  # Fold many times.
   rng = np.random.default_rng(1)
   path = str(tmp_path / "train-00000-of-00001")
   w = fmt.ShardWriter(path, 4, FP, [0, 700], num_bins=10)
@@ -154,3 +160,74 @@ def test_manifest_counts_equal_a_per_record_count(tmp_path, monkeypatch):
   assert manifest["class_counts"] == np.bincount(classes, minlength=4).tolist()
   assert manifest["record_count"] == 700
   assert len(list(tf.data.TFRecordDataset(path))) == 700
+
+
+def _original_feature(value):
+  """The original's utils.py:235-253 feature helpers (one value or a list)."""
+  values = value if isinstance(value, list) else [value]
+  if isinstance(values[0], bytes):
+    return tf.train.Feature(bytes_list=tf.train.BytesList(value=values))
+  if isinstance(values[0], float):
+    return tf.train.Feature(float_list=tf.train.FloatList(value=values))
+  return tf.train.Feature(int64_list=tf.train.Int64List(value=values))
+
+
+def write_original_shard(path, probabilities, seed=0):
+  """Records as the original's filter step writes them (noisystudent
+  filter_unlabel.py:233-243): image/encoded, prob (the T = 1 probability of `label`),
+  probabilities, label; no id, no manifest."""
+  with tf.io.TFRecordWriter(str(path)) as writer:
+    for i, probs in enumerate(np.asarray(probabilities, np.float32)):
+      label = int(probs.argmax())
+      feature = {"image/encoded": _original_feature(b"jpeg-%d-%d" % (seed, i)),
+                 "prob": _original_feature(float(probs[label])),
+                 "probabilities": _original_feature([float(p) for p in probs]),
+                 "label": _original_feature(label)}
+      writer.write(tf.train.Example(features=tf.train.Features(
+          feature=feature)).SerializeToString())
+
+
+def test_the_originals_filter_output_reads_as_pseudo_labels(tmp_path):
+  data = tmp_path / "filter_data" / "data"  # filter_unlabel.py:285-300's layout.
+  data.mkdir(parents=True)
+  probs = np.float32([[0.1, 0.7, 0.2], [0.6, 0.3, 0.1], [0.2, 0.2, 0.6]])
+  write_original_shard(data / "train-0-00000-of-00002", probs[:2])
+  write_original_shard(data / "train-0-00001-of-00002", probs[2:], seed=1)
+  records = {r[fmt.ID_KEY]: r for r in reader.read_records(str(data)).as_numpy_iterator()}
+  assert sorted(records) == [b"train-0-00000-of-00002:0", b"train-0-00000-of-00002:1",
+                             b"train-0-00001-of-00002:0"]
+  r = records[b"train-0-00000-of-00002:1"]
+  assert r[fmt.IMAGE_KEY] == b"jpeg-0-1" and r[fmt.CLASS_KEY] == 0
+  assert r[fmt.CONFIDENCE_KEY] == pytest.approx(0.6) and r[fmt.LABEL_KEY] == -1
+  np.testing.assert_allclose(r[fmt.PROBS_KEY], probs[1])
+  # The same through a pattern, and ours and theirs read by one parser.
+  assert len(list(reader.read_records(str(data / "train-*")))) == 3
+
+
+def _legacy(path, temperature):
+  """Rewrites a shard's manifest as version 1 wrote it: beside the shard, fingerprinted
+  with the temperature its probabilities were stored at."""
+  current = fmt.manifest_path(path)
+  if not os.path.exists(current):
+    current = path + fmt.MANIFEST_SUFFIX
+  with open(current) as f:
+    manifest = json.load(f)
+  os.remove(current)
+  manifest.pop("probabilities_temperature", None)
+  manifest.update(version=1, fingerprint=dict(FP, teacher_softmax_temp=temperature))
+  with open(path + fmt.MANIFEST_SUFFIX, "w") as f:
+    json.dump(manifest, f)
+
+
+def test_shards_stored_at_another_temperature_are_refused(tmp_path):
+  paths = [str(tmp_path / fmt.shard_name("train", k, 2)) for k in range(2)]
+  for k, path in enumerate(paths):
+    _write(path, 3, start=3 * k).close()
+    _legacy(path, 1.0)  # Version 1 at T = 1 stored what version 2 stores.
+  assert len(list(reader.read_records(str(tmp_path)))) == 6
+  _legacy(paths[1], 2.0)
+  with pytest.raises(ValueError, match=r"softmax\(logits / T\) with T = 2.0 .* Run "
+                     "predict again"):
+    reader.read_records(str(tmp_path))
+  manifest = _write(str(tmp_path / "new-00000-of-00001"), 2).close()
+  assert manifest["version"] == 2 and manifest["probabilities_temperature"] == 1.0

@@ -106,6 +106,11 @@ def test_bad_inputs_fail_early_with_clear_errors(tmp_path):
       lambda r: dict(r, probabilities=tf.concat([r["probabilities"], [0.0]], 0)))
   with pytest.raises(ValueError, match="have 5 classes but --num_label_classes=4"):
     train(MODEL, DATA, student, dist, labeled_source=_source(4), pseudo_labels=wrong)
+  # The original's unlabeled SVHN records hold zero placeholders (proc_svhn.py:139-142).
+  zeros = make_records(4, probabilities=True).map(
+      lambda r: dict(r, probabilities=tf.zeros([4])))
+  with pytest.raises(ValueError, match="summing to 0, not 1: placeholders"):
+    train(MODEL, DATA, student, dist, labeled_source=_source(4), pseudo_labels=zeros)
   with pytest.raises(ValueError, match="train_batch_size=15 does not split evenly"):
     train(MODEL, DATA, _cfg(tmp_path / "c", train_batch_size=15),
           DistributeConfig(strategy="mirrored"), labeled_source=_source(4))

@@ -1,23 +1,35 @@
-"""THE on-disk format of pseudo-labeled records: keys, shard names, writer, manifest, reader.
+"""THE on-disk format of pseudo-labeled records: keys, shard names, writer, manifests.
 
 Every pseudo-labeled record is a `tf.train.Example` with these features (ImageNet / JFT
 style, so a plain ImageNet reader that parses `image/encoded` and `image/class/label` reads
-our shards unchanged):
+our shards unchanged, and the original noisystudent's trainer reads them too):
 
 | key | type | meaning |
 |---|---|---|
 | `image/encoded` | bytes | the source's own encoded image bytes, never re-encoded |
 | `image/id` | bytes | stable id of the source image (file path or `<tfrecord>:<index>`) |
 | `image/class/label` | int64 | ground-truth label where known, else -1 |
-| `probabilities` | float list [C] | the teacher's soft label (softmax(logits/T)) or one-hot |
+| `probabilities` | float list [C] | the teacher's softmax(logits) at T = 1 (STORED_TEMPERATURE) |
 | `classes` | int64 | argmax of the teacher's output |
 | `confidence` | float | max softmax probability of the teacher |
+| `label` | int64 | = `classes`, under the original's name (its filter_unlabel.py:242) |
+| `prob` | float | = `confidence`, under the original's name (its filter_unlabel.py:240) |
+
+The teacher's temperature is applied once, when a student trains (as the original:
+main.py:535-537); the stored probabilities and the confidence the filter uses are T = 1
+(predict_label.py:136-141, main.py:462, filter_unlabel.py:167).
+
+The reader (tfrecords/reader.py) also takes the original's filter output
+(`image/encoded`, `probabilities`, `label`, `prob`; no id, no manifest): its `label` /
+`prob` stand for `classes` / `confidence`, and a record's id is
+`<shard file name>:<index in file>`.
 
 Shard names (`shard_name`):
   one worker:       `PREFIX-%05d-of-%05d` (shard, num_shards), e.g. `train-00003-of-00128`
   several workers:  `PREFIX-w%05d-of-%05d-%05d-of-%05d` (worker, num_workers, shard,
                     num_shards), e.g. `train-w00001-of-00003-00003-of-00128`
-Each shard `S` has a manifest `S.manifest.json` (see `ShardWriter`). A shard is complete
+Each shard `S` has a manifest `_S.manifest.json` (see `ShardWriter`); the leading `_`
+keeps it out of the original's `train*` glob (data_input.py:395). A shard is complete
 exactly when its manifest exists and matches it; the manifest is written last.
 """
 from __future__ import annotations
@@ -25,11 +37,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import uuid
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
+
+from noisy_student import atomic
 
 IMAGE_KEY = "image/encoded"
 ID_KEY = "image/id"
@@ -38,9 +51,20 @@ PROBS_KEY = "probabilities"
 CLASS_KEY = "classes"
 CONFIDENCE_KEY = "confidence"
 FEATURE_KEYS = (IMAGE_KEY, ID_KEY, LABEL_KEY, PROBS_KEY, CLASS_KEY, CONFIDENCE_KEY)
+# The original's names of `classes` and `confidence` (filter_unlabel.py:240-242, read by
+# its data_input.py:131-141); written beside ours so either trainer reads our shards.
+ORIGINAL_CLASS_KEY = "label"
+ORIGINAL_CONFIDENCE_KEY = "prob"
 
+# Stored probabilities are softmax(logits / STORED_TEMPERATURE); training applies the
+# flag's temperature once. Manifests record it (version 1 ones stored softmax(logits/T)).
+STORED_TEMPERATURE = 1.0
+MANIFEST_PREFIX = "_"
 MANIFEST_SUFFIX = ".manifest.json"
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2
+# Predict's other files in an output directory; the `_` keeps them out of `train*` too.
+COUNT_SUFFIX = ".count.json"  # `_PREFIX-worker-%05d-of-%05d.count.json`: a worker's count.
+CLASS_NAMES_FILE = "class_names.json"
 # Confidence histogram resolution. 1000 bins keep a class's balancing threshold within
 # 0.001 of the exact top-K one; manifests store the histogram sparsely, so a shard with n
 # records stores at most n (bin, count) pairs whatever the bin count.
@@ -58,6 +82,16 @@ def shard_name(prefix: str, shard_index: int, num_shards: int, worker_index: int
     return f"{prefix}-{shard_index:05d}-of-{num_shards:05d}"
   return (f"{prefix}-w{worker_index:05d}-of-{num_workers:05d}-"
           f"{shard_index:05d}-of-{num_shards:05d}")
+
+
+def manifest_name(shard: str) -> str:
+  """The file name of shard file name `shard`'s manifest."""
+  return f"{MANIFEST_PREFIX}{shard}{MANIFEST_SUFFIX}"
+
+
+def manifest_path(shard_path: str) -> str:
+  directory, shard = os.path.split(shard_path)
+  return os.path.join(directory, manifest_name(shard))
 
 
 def fingerprint_digest(fingerprint: Mapping[str, Any]) -> str:
@@ -109,7 +143,7 @@ def _feature_entry(key: str, values: tf.Tensor) -> tf.Tensor:
 def serialize_batch(encoded: tf.Tensor, ids: tf.Tensor, labels: tf.Tensor,
                     probabilities: tf.Tensor, classes: tf.Tensor,
                     confidence: tf.Tensor) -> tf.Tensor:
-  """[B] serialized `tf.train.Example`s with the keys of the table above, in TF ops.
+  """[B] serialized `tf.train.Example`s with every key of the table above, in TF ops.
 
   Inputs are [B] (probabilities [B, C]); usable inside a `tf.function`, so the
   teacher's step emits finished records and the host only writes bytes. Entries are in
@@ -125,6 +159,8 @@ def serialize_batch(encoded: tf.Tensor, ids: tf.Tensor, labels: tf.Tensor,
       PROBS_KEY: column(probabilities, tf.float32),
       CLASS_KEY: column(classes, tf.int64),
       CONFIDENCE_KEY: column(confidence, tf.float32),
+      ORIGINAL_CLASS_KEY: column(classes, tf.int64),
+      ORIGINAL_CONFIDENCE_KEY: column(confidence, tf.float32),
   }
   entries = tf.stack([_feature_entry(k, features[k]) for k in sorted(features)], axis=1)
   return _encode("tensorflow.Example",
@@ -132,41 +168,80 @@ def serialize_batch(encoded: tf.Tensor, ids: tf.Tensor, labels: tf.Tensor,
 
 
 def write_json_atomic(path: str, payload: Mapping[str, Any]) -> None:
-  tmp = f"{path}.tmp-{uuid.uuid4().hex}"
-  with tf.io.gfile.GFile(tmp, "w") as f:
-    # Compact: a manifest's histogram may hold thousands of pairs.
-    f.write(json.dumps(payload, sort_keys=True, separators=(",", ":")))
-  tf.io.gfile.rename(tmp, path, overwrite=True)
+  """Compact JSON (a manifest's histogram may hold thousands of pairs), atomically."""
+  atomic.write_text(path, json.dumps(payload, sort_keys=True, separators=(",", ":")))
+
+
+class ConfidenceHistogram:
+  """Per-class record counts and a sparse (class, confidence bin) histogram, fed in
+  batches: what a manifest holds for the balance step."""
+
+  _COMPACT_EVERY = 1 << 16  # Pending histogram keys before a fold; bounds their memory.
+
+  def __init__(self, num_classes: int, num_bins: int):
+    self.num_classes, self.num_bins = num_classes, num_bins
+    self.class_counts = np.zeros([num_classes], np.int64)
+    # Sorted unique keys class * num_bins + bin with their counts; batches' keys wait
+    # in `_pending` and are folded in now and then (vectorised).
+    self._keys = np.zeros([0], np.int64)
+    self._counts = np.zeros([0], np.int64)
+    self._pending: List[np.ndarray] = []
+    self._pending_count = 0
+
+  def add(self, classes: np.ndarray, confidence: np.ndarray) -> None:
+    classes = np.asarray(classes, np.int64)
+    self.class_counts += np.bincount(classes, minlength=self.num_classes)
+    self._pending.append(classes * self.num_bins + confidence_bins(confidence,
+                                                                   self.num_bins))
+    self._pending_count += len(classes)
+    if self._pending_count >= self._COMPACT_EVERY:
+      self._compact()
+
+  def _compact(self) -> None:
+    """Folds the pending (class, bin) keys into the sorted unique keys and counts."""
+    if not self._pending:
+      return
+    keys = np.concatenate([self._keys] + self._pending)
+    counts = np.concatenate([self._counts] + [np.ones(len(p), np.int64)
+                                              for p in self._pending])
+    self._keys, inverse = np.unique(keys, return_inverse=True)
+    self._counts = np.bincount(inverse, weights=counts).astype(np.int64)
+    self._pending, self._pending_count = [], 0
+
+  def sparse(self) -> Dict[str, List[List[int]]]:
+    """The manifest's sparse histogram: {class: [[bin, count], ...]}, sorted."""
+    self._compact()
+    hist: Dict[str, List[List[int]]] = {}
+    for key, n in zip(self._keys.tolist(), self._counts.tolist()):
+      hist.setdefault(str(key // self.num_bins), []).append([key % self.num_bins, n])
+    return hist
+
+  def fields(self) -> Dict[str, Any]:
+    """The manifest fields it fills."""
+    return {"num_classes": self.num_classes, "class_counts": self.class_counts.tolist(),
+            "num_bins": self.num_bins, "histogram": self.sparse(),
+            "probabilities_temperature": STORED_TEMPERATURE}
 
 
 class ShardWriter:
   """Writes one shard atomically, then its JSON manifest.
 
   Records go to `PATH.tmp-<random>`; `close()` renames it to PATH and then writes
-  `PATH.manifest.json` holding: record_count, class_counts [C], a sparse confidence
+  `manifest_path(PATH)` holding: record_count, class_counts [C], a sparse confidence
   histogram per class ({class: [[bin, count], ...]}, `num_bins` bins over [0, 1]),
-  skipped (corrupt images: count and ids), source_range ([first, end) of the worker's
-  records this shard covers), the shard's byte size, and the producing `fingerprint`
-  (+ its digest). A shard without a valid manifest is incomplete and gets rewritten.
+  probabilities_temperature (STORED_TEMPERATURE), skipped (corrupt images: count and
+  ids), source_range ([first, end) of the worker's records this shard covers), the
+  shard's byte size, and the producing `fingerprint` (+ its digest). A shard without a
+  valid manifest is incomplete and gets rewritten.
   """
-
-  _COMPACT_EVERY = 1 << 16  # Pending histogram keys before a fold; bounds their memory.
 
   def __init__(self, path: str, num_classes: int, fingerprint: Mapping[str, Any],
                source_range: Sequence[int], num_bins: int = DEFAULT_NUM_BINS):
     self.path = path
-    self._tmp = f"{path}.tmp-{uuid.uuid4().hex}"
-    self._num_classes = num_classes
-    self._num_bins = num_bins
+    self._tmp = atomic.temporary_name(path)
+    self._hist = ConfidenceHistogram(num_classes, num_bins)
     self._fingerprint = dict(fingerprint)
     self._source_range = [int(v) for v in source_range]
-    self._class_counts = np.zeros([num_classes], np.int64)
-    # The histogram as sorted unique keys class * num_bins + bin with their counts;
-    # batches' keys wait in `_pending` and are folded in now and then (vectorised).
-    self._hist_keys = np.zeros([0], np.int64)
-    self._hist_counts = np.zeros([0], np.int64)
-    self._pending: List[np.ndarray] = []
-    self._pending_count = 0
     self._skipped: List[str] = []
     self._count = 0
     tf.io.gfile.makedirs(os.path.dirname(path) or ".")
@@ -189,33 +264,8 @@ class ShardWriter:
     """Appends records from `serialize_batch` with their classes and confidences."""
     for record in records:
       self._writer.write(record)
-    classes = np.asarray(classes, np.int64)
-    self._class_counts += np.bincount(classes, minlength=self._num_classes)
-    self._pending.append(classes * self._num_bins +
-                         confidence_bins(confidence, self._num_bins))
-    self._pending_count += len(classes)
-    if self._pending_count >= self._COMPACT_EVERY:
-      self._compact()
+    self._hist.add(classes, confidence)
     self._count += len(classes)
-
-  def _compact(self) -> None:
-    """Folds the pending (class, bin) keys into the sorted unique keys and counts."""
-    if not self._pending:
-      return
-    keys = np.concatenate([self._hist_keys] + self._pending)
-    counts = np.concatenate([self._hist_counts] + [np.ones(len(p), np.int64)
-                                                   for p in self._pending])
-    self._hist_keys, inverse = np.unique(keys, return_inverse=True)
-    self._hist_counts = np.bincount(inverse, weights=counts).astype(np.int64)
-    self._pending, self._pending_count = [], 0
-
-  def _histogram(self) -> Dict[str, List[List[int]]]:
-    """The manifest's sparse histogram: {class: [[bin, count], ...]}, sorted."""
-    self._compact()
-    hist: Dict[str, List[List[int]]] = {}
-    for key, n in zip(self._hist_keys.tolist(), self._hist_counts.tolist()):
-      hist.setdefault(str(key // self._num_bins), []).append([key % self._num_bins, n])
-    return hist
 
   def skip(self, record_id: str) -> None:
     """Counts a record that could not be used (corrupt image)."""
@@ -229,10 +279,7 @@ class ShardWriter:
         "version": MANIFEST_VERSION,
         "shard": os.path.basename(self.path),
         "record_count": self._count,
-        "num_classes": self._num_classes,
-        "class_counts": self._class_counts.tolist(),
-        "num_bins": self._num_bins,
-        "histogram": self._histogram(),
+        **self._hist.fields(),
         "skipped_count": len(self._skipped),
         "skipped_ids": self._skipped[:1000],  # Bounded: counts stay exact, ids are a sample.
         "source_range": self._source_range,
@@ -240,7 +287,7 @@ class ShardWriter:
         "fingerprint": self._fingerprint,
         "fingerprint_digest": fingerprint_digest(self._fingerprint),
     }
-    write_json_atomic(self.path + MANIFEST_SUFFIX, manifest)
+    write_json_atomic(manifest_path(self.path), manifest)
     return manifest
 
   def abort(self) -> None:
@@ -250,9 +297,27 @@ class ShardWriter:
       tf.io.gfile.remove(self._tmp)
 
 
-def read_manifest(shard_path: str) -> Optional[Dict[str, Any]]:
-  """The manifest of a complete shard, or None when the shard is missing or incomplete."""
-  mpath = shard_path + MANIFEST_SUFFIX
+def _check_temperature(manifest: Mapping[str, Any], mpath: str) -> None:
+  """Refuses shards whose probabilities are not softmax(logits) at STORED_TEMPERATURE.
+
+  Version-1 manifests (this project before the temperature fix) stored
+  softmax(logits / T) with T = the fingerprint's teacher_softmax_temp (one-hot for -1),
+  which training then sharpened a second time; at T = 1 they equal today's.
+  """
+  if manifest.get("version", 1) >= 2:
+    found = manifest.get("probabilities_temperature")
+  else:
+    found = manifest.get("fingerprint", {}).get("teacher_softmax_temp", STORED_TEMPERATURE)
+  if found != STORED_TEMPERATURE:
+    raise ValueError(
+        f"{mpath}: its shard stores softmax(logits / T) with T = {found} (written by an "
+        "older version of this project, which applied the temperature twice); "
+        f"pseudo-labels are now stored at T = {STORED_TEMPERATURE:g} and "
+        "--teacher_softmax_temp is applied once, in training. Run predict again into a "
+        "fresh directory.")
+
+
+def _load_manifest(mpath: str, shard_path: str) -> Optional[Dict[str, Any]]:
   if not tf.io.gfile.exists(mpath) or not tf.io.gfile.exists(shard_path):
     return None
   try:
@@ -262,19 +327,39 @@ def read_manifest(shard_path: str) -> Optional[Dict[str, Any]]:
     return None  # A torn manifest (cannot happen with rename, but a hand copy can).
   if tf.io.gfile.stat(shard_path).length != manifest.get("size_bytes"):
     return None
+  _check_temperature(manifest, mpath)
   return manifest
+
+
+def read_manifest(shard_path: str) -> Optional[Dict[str, Any]]:
+  """The manifest of a complete shard, or None when the shard is missing or incomplete.
+
+  Also finds version-1 manifests (`S.manifest.json`, beside the shard). Raises
+  ValueError for shards whose probabilities were stored at another temperature.
+  """
+  manifest = _load_manifest(manifest_path(shard_path), shard_path)
+  if manifest is None:
+    manifest = _load_manifest(shard_path + MANIFEST_SUFFIX, shard_path)
+  return manifest
+
+
+def _shard_of(mpath: str) -> str:
+  directory, name = os.path.split(mpath)
+  name = name[:-len(MANIFEST_SUFFIX)]
+  return os.path.join(directory, name[len(MANIFEST_PREFIX):]
+                      if name.startswith(MANIFEST_PREFIX) else name)
 
 
 def list_manifests(directory: str) -> List[Dict[str, Any]]:
   """All complete shards' manifests in `directory` (each with a "path" entry), sorted."""
-  manifests = []
+  manifests = {}
   for mpath in sorted(tf.io.gfile.glob(f"{directory.rstrip('/')}/*{MANIFEST_SUFFIX}")):
-    shard_path = mpath[:-len(MANIFEST_SUFFIX)]
-    manifest = read_manifest(shard_path)
-    if manifest is not None:
-      manifest["path"] = shard_path
-      manifests.append(manifest)
-  return manifests
+    shard_path = _shard_of(mpath)
+    if shard_path not in manifests:
+      manifest = read_manifest(shard_path)
+      if manifest is not None:
+        manifests[shard_path] = dict(manifest, path=shard_path)
+  return [manifests[p] for p in sorted(manifests)]
 
 
 def check_one_fingerprint(manifests: Iterable[Mapping[str, Any]], where: str) -> None:
@@ -299,57 +384,3 @@ def check_complete(manifests: Sequence[Mapping[str, Any]], where: str) -> None:
         f"{where} holds {len(manifests)} complete shards of the {expected} that "
         f"num_workers={fp['num_workers']} x num_shards={fp['num_shards']} produce; "
         "run predict (every worker) to completion first")
-
-
-def resolve_shards(path_or_pattern: str, require_complete: bool = True) -> List[str]:
-  """Shard paths of a directory (its complete shards) or a glob pattern (data files only)."""
-  if tf.io.gfile.isdir(path_or_pattern):
-    manifests = list_manifests(path_or_pattern)
-    if require_complete:
-      check_complete(manifests, path_or_pattern)
-    return [m["path"] for m in manifests]
-  paths = [p for p in sorted(tf.io.gfile.glob(path_or_pattern))
-           if not p.endswith(".json") and ".tmp-" not in os.path.basename(p)]
-  if not paths:
-    raise ValueError(f"no pseudo-label shards match {path_or_pattern!r}")
-  return paths
-
-
-def parse_record(serialized: tf.Tensor, num_classes: int) -> Dict[str, tf.Tensor]:
-  """Parses one serialized record into a dict keyed as the table above."""
-  spec = {
-      IMAGE_KEY: tf.io.FixedLenFeature([], tf.string),
-      ID_KEY: tf.io.FixedLenFeature([], tf.string, default_value=""),
-      LABEL_KEY: tf.io.FixedLenFeature([], tf.int64, default_value=-1),
-      PROBS_KEY: tf.io.FixedLenFeature([num_classes], tf.float32),
-      CLASS_KEY: tf.io.FixedLenFeature([], tf.int64),
-      CONFIDENCE_KEY: tf.io.FixedLenFeature([], tf.float32),
-  }
-  return tf.io.parse_single_example(serialized, spec)
-
-
-def num_classes_of(shard_paths: Sequence[str]) -> int:
-  """The class count stored in the first shard's manifest (or its first record)."""
-  manifest = read_manifest(shard_paths[0])
-  if manifest is not None:
-    return int(manifest["num_classes"])
-  for raw in tf.data.TFRecordDataset(shard_paths[:1]).take(1):
-    example = tf.train.Example.FromString(raw.numpy())
-    return len(example.features.feature[PROBS_KEY].float_list.value)
-  raise ValueError(f"cannot tell the class count: {shard_paths[0]} has no manifest and no "
-                   "records; pass num_classes")
-
-
-def read_records(path_or_pattern: str, num_classes: Optional[int] = None,
-                 require_complete: bool = True,
-                 num_parallel_reads: int = tf.data.AUTOTUNE) -> tf.data.Dataset:
-  """Parsed records (dicts keyed as the table above) from a directory or glob pattern.
-
-  A directory yields its complete shards only and, with `require_complete`, refuses a
-  directory missing some worker's shard. Order is deterministic (shards interleaved).
-  """
-  paths = resolve_shards(path_or_pattern, require_complete)
-  num_classes = num_classes or num_classes_of(paths)
-  ds = tf.data.TFRecordDataset(paths, num_parallel_reads=num_parallel_reads)
-  parse = tf.autograph.experimental.do_not_convert(lambda s: parse_record(s, num_classes))
-  return ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE)

@@ -15,12 +15,13 @@ rewrite of the shards. Per record of predicted class c, confidence x, id hash u 
 from __future__ import annotations
 
 import json
-from typing import Any, Dict, Mapping, Optional, Union
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 import numpy as np
 import tensorflow as tf
 
 from tfrecords import format as fmt
+from tfrecords import reader
 
 PLAN_VERSION = 1
 PLAN_NAME = "balance_plan.json"  # The plan's file name inside a pseudo-label directory.
@@ -82,15 +83,24 @@ def make_copies_fn(plan: Mapping[str, Any]):
   return copies_fn
 
 
+def shard_digests(directory: str) -> List[Tuple[str, str]]:
+  """(where, fingerprint digest) of a directory's shards: per manifest for ours, one
+  for the original's manifest-less shards (their names and sizes)."""
+  if reader.is_original_output(directory):
+    paths = reader.resolve_shards(directory)
+    return [(directory, reader.original_digest(paths))]
+  return [(m["path"], m["fingerprint_digest"]) for m in fmt.list_manifests(directory)]
+
+
 def _check_plan_matches(plan: Mapping[str, Any], path_or_pattern: str) -> None:
   """Refuses a plan computed from other shards (other teacher, workers, shard count)."""
   want = plan.get("fingerprint_digest")
   if want is None or not tf.io.gfile.isdir(path_or_pattern):
     return
-  for m in fmt.list_manifests(path_or_pattern):
-    if m["fingerprint_digest"] != want:
+  for where, digest in shard_digests(path_or_pattern):
+    if digest != want:
       raise ValueError(f"balance plan was computed for other shards (fingerprint {want}) "
-                       f"than {m['path']} ({m['fingerprint_digest']}); rerun balance")
+                       f"than {where} ({digest}); rerun balance")
 
 
 def plan_in(directory: str) -> Optional[str]:
@@ -107,7 +117,8 @@ def read_pseudo_labels(path_or_pattern: str, plan: Union[None, str, Mapping[str,
 
   Args:
     path_or_pattern: a predict output directory (its complete shards; all of them must
-      be there when `require_complete`) or a glob pattern of shards.
+      be there when `require_complete`), the original's filter output directory, or a
+      glob pattern of shards.
     plan / balance_plan (alias): a plan dict or JSON path; None reads every record once.
     num_classes: the probabilities' length (default: from the manifests).
     require_complete: refuse a directory missing some worker's shard.
@@ -116,7 +127,7 @@ def read_pseudo_labels(path_or_pattern: str, plan: Union[None, str, Mapping[str,
     copies appears k times, adjacently: shuffle downstream). Deterministic.
   """
   plan = plan if plan is not None else balance_plan
-  ds = fmt.read_records(path_or_pattern, num_classes, require_complete)
+  ds = reader.read_records(path_or_pattern, num_classes, require_complete)
   if plan is None:
     return ds
   plan = load_plan(plan)
@@ -135,16 +146,10 @@ def read_pseudo_labels(path_or_pattern: str, plan: Union[None, str, Mapping[str,
 def count_copies(path_or_pattern: str, plan: Mapping[str, Any], num_classes: int,
                  batch_size: int = 4096) -> Dict[str, np.ndarray]:
   """One pass over the small fields: per class 'records', 'kept' (unique), 'copies'."""
-  paths = fmt.resolve_shards(path_or_pattern, require_complete=False)
-  spec = {fmt.ID_KEY: tf.io.FixedLenFeature([], tf.string),
-          fmt.CLASS_KEY: tf.io.FixedLenFeature([], tf.int64),
-          fmt.CONFIDENCE_KEY: tf.io.FixedLenFeature([], tf.float32)}
+  paths = reader.resolve_shards(path_or_pattern, require_complete=False)
   copies_fn = make_copies_fn(plan)
-  ds = tf.data.TFRecordDataset(paths, num_parallel_reads=tf.data.AUTOTUNE).batch(batch_size)
-  parse = tf.autograph.experimental.do_not_convert(lambda s: tf.io.parse_example(s, spec))
-  ds = ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE)
   out = {k: np.zeros([num_classes], np.int64) for k in ("records", "kept", "copies")}
-  for f in ds.prefetch(2):
+  for f in reader.read_small_fields(paths, batch_size).prefetch(2):
     c = f[fmt.CLASS_KEY]
     n = copies_fn(c, f[fmt.CONFIDENCE_KEY], f[fmt.ID_KEY]).numpy()
     c = c.numpy()

@@ -1,21 +1,13 @@
-"""The input pipeline: sources, decoding, preprocessing, RandAugment, datasets.
+"""The input pipeline (docs/data.md), one module per stage:
 
-See docs/data.md. Public API:
-  open_source, Source                        (sources)
-  decode_image, decode_or_skip, SkipCounter  (preprocess)
-  preprocess_train, preprocess_eval, preprocess_small_train
-  randaugment.randaugment, randaugment.apply_op (the module)
-  labeled_train_dataset, eval_dataset, predict_dataset, train_dataset_from_records
+  source       the Contract-2 `Source` type and the spec grammar (no TensorFlow at import)
+  sources      open_source(spec) -> Source: digits, tfds, image folders, TFRecords
+  preprocess   decode_image, decode_or_skip, preprocess_train / _eval / _small_train
+  randaugment  per-image RandAugment; augment_table (the op table), augment_ops,
+               augment_groups
+  datasets     labeled_train_dataset, eval_dataset, predict_dataset,
+               train_dataset_from_records
+
+Import the modules themselves; this package imports nothing, so that the pure ones load
+without TensorFlow.
 """
-from noisy_student.data.datasets import eval_dataset
-from noisy_student.data.datasets import labeled_train_dataset
-from noisy_student.data.datasets import predict_dataset
-from noisy_student.data.datasets import train_dataset_from_records
-from noisy_student.data.preprocess import decode_image
-from noisy_student.data.preprocess import decode_or_skip
-from noisy_student.data.preprocess import preprocess_eval
-from noisy_student.data.preprocess import preprocess_small_train
-from noisy_student.data.preprocess import preprocess_train
-from noisy_student.data.preprocess import SkipCounter
-from noisy_student.data.sources import open_source
-from noisy_student.data.sources import Source

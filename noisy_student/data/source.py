@@ -1,5 +1,6 @@
 """The Contract-2 type every source opener returns (docs/DESIGN.md): a named stream of raw
-records `{"image/encoded", "id", "label"}` split into disjoint worker parts.
+records `{"image/encoded", "id", "label"}` split into disjoint worker parts; and the spec
+grammar's prefixes, which the command line's checks read without TensorFlow.
 
 Its own module so that the openers (sources.py, tfds_source.py) share it without
 importing each other.
@@ -7,11 +8,22 @@ importing each other.
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Dict, List, Optional
+from typing import TYPE_CHECKING, Callable, Dict, List, Optional
 
-import tensorflow as tf
+if TYPE_CHECKING:  # Only for annotations: the spec grammar below is read before TF loads.
+  import tensorflow as tf
 
-DatasetFn = Callable[[int, int], tf.data.Dataset]
+DatasetFn = Callable[[int, int], "tf.data.Dataset"]
+BUILTIN_PREFIXES = ("digits:", "tfds:")  # Specs that name no path.
+PATH_PREFIXES = ("imagefolder:", "images:", "tfrecord:")  # Spec forms "<prefix><path>".
+
+
+def path_of(spec: str) -> Optional[str]:
+  """The file, directory or pattern a spec reads, or None for the built-in ones."""
+  if spec.startswith(BUILTIN_PREFIXES):
+    return None
+  prefix = next((p for p in PATH_PREFIXES if spec.startswith(p)), "")
+  return spec[len(prefix):]
 
 
 @dataclasses.dataclass

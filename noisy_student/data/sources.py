@@ -12,6 +12,10 @@ Spec forms (see docs/data.md):
   imagefolder:DIR   (or a DIR whose top level holds only class sub-folders)  labeled
   images:DIR        (or a DIR with image files at its top level)  unlabeled, any nesting
   tfrecord:PATTERN  (or a file pattern, a TFRecord file, or a DIR of record files)
+
+A DIR of record files means one split's files, as the original reads a data directory
+(tfrecords/splits.py): train* for training sources, train* and extra* for unlabeled
+ones, validation* (else test*) for evaluation; a pattern takes exactly what it matches.
 """
 from __future__ import annotations
 
@@ -25,16 +29,16 @@ import tensorflow as tf
 
 from noisy_student.data import tfds_source
 from noisy_student.data.source import DatasetFn, Source
+from tfrecords import splits
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
-# Files a directory of TFRecords may hold besides the records themselves.
-_NON_RECORD_EXTENSIONS = IMAGE_EXTENSIONS + (".json", ".txt", ".md", ".tmp", ".csv")
+IMAGE_EXTENSIONS = splits.IMAGE_EXTENSIONS
 # Counting classes needs a full read; skip it above this many bytes (ImageNet is 140 GB).
 _MAX_BYTES_TO_COUNT = 256 << 20
 
 def open_source(spec: str, *, tfds_data_dir: Optional[str] = None,
                 label_offset: int = 0, seed: int = 0, digits_num_labeled: int = 500,
-                digits_num_test: int = 400, labeled: Optional[bool] = None) -> Source:
+                digits_num_test: int = 400, labeled: Optional[bool] = None,
+                split: str = "train") -> Source:
   """Opens a source spec (see the module docstring) and logs what it holds.
 
   Args:
@@ -45,6 +49,8 @@ def open_source(spec: str, *, tfds_data_dir: Optional[str] = None,
     digits_num_labeled, digits_num_test: digits split sizes; the rest is unlabeled.
     labeled: for a plain directory, force ImageFolder (True) or an unlabeled image tree
       (False) instead of guessing from its top level; for TFRecords, False drops labels.
+    split: what the source is for, which picks a TFRecord directory's files (a key of
+      tfrecords.splits.SPLITS): "train", "unlabeled" or "eval".
   Returns:
     A `Source`.
   Raises:
@@ -61,29 +67,31 @@ def open_source(spec: str, *, tfds_data_dir: Optional[str] = None,
   elif spec.startswith("images:"):
     source = _open_image_tree(spec, spec[len("images:"):])
   elif spec.startswith("tfrecord:"):
-    source = _open_tfrecords(spec, spec[len("tfrecord:"):], label_offset, labeled)
+    source = _open_tfrecords(spec, spec[len("tfrecord:"):], label_offset, labeled, split)
   elif tf.io.gfile.isdir(spec):
-    source = _open_directory(spec, label_offset, labeled)
+    source = _open_directory(spec, label_offset, labeled, split)
   else:
-    source = _open_tfrecords(spec, spec, label_offset, labeled)
+    source = _open_tfrecords(spec, spec, label_offset, labeled, split)
   logging.info("Source %s", source.describe())
   return source
 
 
-def _open_directory(path: str, label_offset: int, labeled: Optional[bool]) -> Source:
-  """Guesses a plain directory's layout from its top level."""
+def _open_directory(path: str, label_offset: int, labeled: Optional[bool],
+                    split: str) -> Source:
+  """Guesses a plain directory's layout from its top level: record files named by a
+  split (train*, validation*, ... as the original's data directories, which may hold
+  sub-folders too) or no images nor sub-folders -> TFRecords; else image folders."""
   entries = tf.io.gfile.listdir(path)
   if not entries:
     raise ValueError(f"Source directory {path} is empty.")
   subdirs = [e for e in entries if tf.io.gfile.isdir(_join(path, e))]
   images = [e for e in entries if e.lower().endswith(IMAGE_EXTENSIONS)]
+  split_files = [e for e in entries if e not in subdirs and splits.names_a_split(e)]
+  if labeled is not True and not images and (not subdirs or split_files):
+    return _open_tfrecords(path, path, label_offset, labeled, split)
   if labeled is True or (labeled is None and subdirs and not images):
     return _open_image_folder(path, path)
-  if labeled is False or images or subdirs:
-    if not images and not subdirs:
-      return _open_tfrecords(path, path, label_offset, labeled)
-    return _open_image_tree(path, path)
-  return _open_tfrecords(path, path, label_offset, labeled)
+  return _open_image_tree(path, path)
 
 
 def _join(directory: str, name: str) -> str:
@@ -150,12 +158,10 @@ def _open_image_tree(spec: str, path: str) -> Source:
   return Source(spec, False, None, len(paths), _files_dataset(paths, [-1] * len(paths)))
 
 
-def _record_files(pattern: str) -> List[str]:
-  """Record files of a directory, a file, or a glob pattern, sorted."""
+def _record_files(pattern: str, split: str) -> List[str]:
+  """Record files of a directory (its `split` files), a file, or a glob pattern, sorted."""
   if tf.io.gfile.isdir(pattern):
-    names = [n for n in tf.io.gfile.listdir(pattern)
-             if not n.startswith((".", "_")) and not n.lower().endswith(_NON_RECORD_EXTENSIONS)]
-    files = [_join(pattern, n) for n in names if not tf.io.gfile.isdir(_join(pattern, n))]
+    files = splits.split_files(pattern, split)
   else:
     files = tf.io.gfile.glob(pattern)
   if not files:
@@ -200,8 +206,8 @@ def _tfrecords_dataset(files: List[str], label_offset: int, keep_label: bool) ->
 
 
 def _open_tfrecords(spec: str, pattern: str, label_offset: int,
-                    labeled: Optional[bool]) -> Source:
-  files = _record_files(pattern)
+                    labeled: Optional[bool], split: str) -> Source:
+  files = _record_files(pattern, split)
   try:
     first = next(iter(tf.data.TFRecordDataset(files[0]).take(1)), None)
   except tf.errors.OpError as e:

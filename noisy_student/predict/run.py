@@ -15,7 +15,6 @@ from noisy_student.predict import stream
 from tfrecords import format as fmt
 
 PreprocessFn = stream.PreprocessFn
-_COUNT_SUFFIX = ".count.json"  # A worker's cached record count.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,7 +48,6 @@ def make_fingerprint(predict_cfg: PredictConfig, *, teacher_id: str, source_id: 
       "source": source_id,
       "num_workers": predict_cfg.num_workers,
       "num_shards": predict_cfg.num_shards,
-      "teacher_softmax_temp": predict_cfg.teacher_softmax_temp,
       "num_classes": num_classes,
       "image_size": image_size,
       "num_bins": num_bins,
@@ -81,9 +79,6 @@ def _validate(model: Any, cfg: PredictConfig, class_names: Optional[Sequence[str
   if cfg.eval_batch_size % strategy.num_replicas_in_sync:
     raise ValueError(f"eval_batch_size={cfg.eval_batch_size} must be a multiple of the "
                      f"{strategy.num_replicas_in_sync} replicas")
-  if cfg.teacher_softmax_temp != -1 and cfg.teacher_softmax_temp <= 0:
-    raise ValueError(f"teacher_softmax_temp={cfg.teacher_softmax_temp} must be > 0, or -1 "
-                     "for hard labels")
   return num_classes
 
 
@@ -92,10 +87,10 @@ def _check_output_dir(output_dir: str, names: Set[str], digest: str) -> None:
 
   `names`: the directory's listing, so a fresh directory costs no further file calls.
   """
-  if not any(n.endswith((fmt.MANIFEST_SUFFIX, _COUNT_SUFFIX)) for n in names):
+  if not any(n.endswith((fmt.MANIFEST_SUFFIX, fmt.COUNT_SUFFIX)) for n in names):
     return
   found = fmt.list_manifests(output_dir)
-  for path in tf.io.gfile.glob(f"{output_dir}/*{_COUNT_SUFFIX}"):
+  for path in tf.io.gfile.glob(f"{output_dir}/*{fmt.COUNT_SUFFIX}"):
     with tf.io.gfile.GFile(path) as f:
       found.append({**json.load(f), "shard": path})
   for m in found:
@@ -103,13 +98,14 @@ def _check_output_dir(output_dir: str, names: Set[str], digest: str) -> None:
       raise ValueError(
           f"output_dir {output_dir} holds {m['shard']} written with other flags "
           f"({json.dumps(m['fingerprint'], default=str)}); use a fresh output_dir or the "
-          "same teacher, source, num_workers, num_shards and teacher_softmax_temp")
+          "same teacher, source, num_workers and num_shards")
 
 
 def _worker_count(source: Any, cfg: PredictConfig, output_dir: str, names: Set[str],
                   prefix: str, fingerprint: Dict[str, Any]) -> int:
   """This worker's record count; counted once (bytes only) and cached for resume."""
-  name = f"{prefix}-worker-{cfg.worker_index:05d}-of-{cfg.num_workers:05d}{_COUNT_SUFFIX}"
+  name = (f"{fmt.MANIFEST_PREFIX}{prefix}-worker-{cfg.worker_index:05d}-of-"
+          f"{cfg.num_workers:05d}{fmt.COUNT_SUFFIX}")
   path = f"{output_dir}/{name}"
   if name in names:
     with tf.io.gfile.GFile(path) as f:
@@ -141,9 +137,11 @@ def predict(model: Any, source: Any, predict_cfg: PredictConfig, *, image_size: 
     model: the teacher, a Keras model mapping [B, S, S, 3] float 0..255 to logits [B, C].
     source: a Contract-2 source (`.dataset(num_workers, worker_index)` of raw records).
     predict_cfg: output_dir, eval_batch_size, num_shards (per worker), worker_index,
-      num_workers, teacher_softmax_temp (-1: one-hot labels).
+      num_workers. The records hold softmax(logits) at T = 1 whatever the training
+      temperature (the original's predict_label.py:136-141): training applies it.
     image_size: the teacher's own resolution S (eval preprocessing target).
-    class_names: stored in output_dir/class_names.json for the balance report.
+    class_names: stored in output_dir/class_names.json (fmt.CLASS_NAMES_FILE) for the
+      balance report.
     num_label_classes: class count of the labeled data; a teacher that differs fails.
     strategy: tf.distribute strategy to run the teacher under (default: the current one).
     teacher_id, source_id: identify teacher and source in the fingerprint (defaults:
@@ -171,12 +169,12 @@ def predict(model: Any, source: Any, predict_cfg: PredictConfig, *, image_size: 
   names = set(tf.io.gfile.listdir(out))  # One listing serves every check below.
   _check_output_dir(out, names, fmt.fingerprint_digest(fingerprint))
   if class_names is not None:
-    fmt.write_json_atomic(f"{out}/class_names.json", {"class_names": list(class_names)})
+    fmt.write_json_atomic(f"{out}/{fmt.CLASS_NAMES_FILE}",
+                          {"class_names": list(class_names)})
   bounds, paths, needed = _plan_shards(source, cfg, out, names, prefix, fingerprint)
   preprocess_fn = preprocess_fn or default_preprocess(image_size, small_image)
   ds = stream.build_dataset(source, cfg, bounds, needed, preprocess_fn)
-  step = stream.make_step(model, strategy, num_classes, cfg.teacher_softmax_temp,
-                          cfg.eval_batch_size, ds.element_spec)
+  step = stream.make_step(model, strategy, cfg.eval_batch_size, ds.element_spec)
   sink = sink_lib.ShardSink(paths, bounds, needed, num_classes, fingerprint,
                             stream.corrupt_ids(source, cfg, preprocess_fn))
   todo = int(sum(bounds[k + 1] - bounds[k] for k in np.flatnonzero(needed)))
@@ -201,7 +199,7 @@ def _plan_shards(source: Any, cfg: PredictConfig, out: str, names: Set[str], pre
   shards = [fmt.shard_name(prefix, k, cfg.num_shards, cfg.worker_index, cfg.num_workers)
             for k in range(cfg.num_shards)]
   paths = [f"{out}/{s}" for s in shards]
-  needed = np.array([s + fmt.MANIFEST_SUFFIX not in names or fmt.read_manifest(p) is None
+  needed = np.array([fmt.manifest_name(s) not in names or fmt.read_manifest(p) is None
                      for s, p in zip(shards, paths)])
   redo = set(np.asarray(shards)[needed].tolist())
   for name in names:  # Temporary files of a killed run of this worker.

@@ -68,36 +68,31 @@ _STEPS: "weakref.WeakKeyDictionary[Any, Dict[Any, Callable]]" = weakref.WeakKeyD
 Step = Callable[[Dict[str, tf.Tensor]], Sequence[tf.Tensor]]
 
 
-def make_step(model: Any, strategy: tf.distribute.Strategy, num_classes: int,
-              temperature: float, batch_size: int, element_spec: Dict[str, Any]) -> Step:
+def make_step(model: Any, strategy: tf.distribute.Strategy, batch_size: int,
+              element_spec: Dict[str, Any]) -> Step:
   """{image, image/encoded, id, label} batch -> (records, classes, confidence), [k] each.
 
-  The teacher always sees `batch_size` images (a short batch is padded), split over the
-  replicas, so it is traced once and an image's label does not depend on its batch.
+  Records hold softmax(logits) at T = 1 (as the original's predict_label.py:136-141 and
+  main.py:462); the student's temperature is applied in training. The teacher always
+  sees `batch_size` images (a short batch is padded), split over the replicas, so it is
+  traced once and an image's label does not depend on its batch.
   """
   spec = {k: element_spec[k] for k in _STEP_KEYS}
-  key = (id(strategy), num_classes, temperature, batch_size, tuple(sorted(spec.items())))
+  key = (id(strategy), batch_size, tuple(sorted(spec.items())))
   steps = _STEPS.setdefault(model, {})
   if key not in steps:  # The strategy is kept with its step so its id stays unique.
-    steps[key] = (_new_step(model, strategy, num_classes, temperature, batch_size, spec),
-                  strategy)
+    steps[key] = (_new_step(model, strategy, batch_size, spec), strategy)
   return steps[key][0]
 
 
-def _new_step(model: Any, strategy: tf.distribute.Strategy, num_classes: int,
-              temperature: float, batch_size: int, spec: Dict[str, tf.TensorSpec]) -> Step:
+def _new_step(model: Any, strategy: tf.distribute.Strategy, batch_size: int,
+              spec: Dict[str, tf.TensorSpec]) -> Step:
   n = strategy.num_replicas_in_sync
 
   def replica_fn(images):
     logits = tf.cast(model(images, training=False), tf.float32)  # Un-noised teacher.
-    classes = tf.argmax(logits, axis=-1)
-    if temperature == -1:  # Hard labels; confidence stays the teacher's softmax max.
-      probs = tf.one_hot(classes, num_classes)
-      confidence = tf.reduce_max(tf.nn.softmax(logits), axis=-1)
-    else:
-      probs = tf.nn.softmax(logits / temperature)
-      confidence = tf.reduce_max(probs, axis=-1)
-    return probs, classes, confidence
+    probs = tf.nn.softmax(logits)
+    return probs, tf.argmax(logits, axis=-1), tf.reduce_max(probs, axis=-1)
 
   # No autograph: the step has no tensor-dependent Python control flow, and converting
   # the model's call only costs tracing time.

@@ -8,8 +8,9 @@ Each replica's batch is a dict:
 with b = train_batch_size / replicas and u = ceil(unlabel_ratio * b).
 
 Either stream may be given raw (a Contract-2 Source, pseudo-label TFRecords, or records
-with "image/encoded") - then the stages of noisy_student.data.datasets decode and noise
-it - or as a tf.data.Dataset of already preprocessed examples (see `train`).
+with "image/encoded"; a Source of unlabeled images feeds an on-the-fly teacher) - then
+the stages of noisy_student.data.datasets decode and noise it - or as a
+tf.data.Dataset of already preprocessed examples (see `train`).
 
 Resume: each stream is a sequence of whole epochs, each shuffled with its own seed, so
 a run restarted at global step s starts every pipeline exactly where the uninterrupted
@@ -113,15 +114,21 @@ def labeled_examples(labeled, data_cfg: DataConfig, spec: InputSpec,
   return ds.map(lambda e: (e["image"], e["label"]))
 
 
-def unlabeled_records(pseudo_labels) -> tf.data.Dataset:
-  """A pseudo-label directory/pattern (tfrecords reader) or a dataset, as a dataset.
+def unlabeled_records(pseudo_labels, num_pipelines: int = 1,
+                      index: int = 0) -> tf.data.Dataset:
+  """Pipeline `index` of `num_pipelines`'s part of the unlabeled stream: a pseudo-label
+  directory/pattern (tfrecords reader), a Contract-2 Source of raw images (for an
+  on-the-fly teacher; each pipeline reads only its part) or a dataset.
 
   A directory is read with the balance plan the filter phase wrote into it, if any (a
   pattern has none).
   """
+  if hasattr(pseudo_labels, "dataset"):
+    return pseudo_labels.dataset(num_pipelines, index)
   if isinstance(pseudo_labels, str):
-    return tfrecords.read_pseudo_labels(pseudo_labels, tfrecords.plan_in(pseudo_labels))
-  return pseudo_labels
+    pseudo_labels = tfrecords.read_pseudo_labels(pseudo_labels,
+                                                 tfrecords.plan_in(pseudo_labels))
+  return pseudo_labels.shard(num_pipelines, index) if num_pipelines > 1 else pseudo_labels
 
 
 def unlabeled_examples(pseudo_labels, data_cfg: DataConfig, spec: InputSpec,
@@ -129,7 +136,7 @@ def unlabeled_examples(pseudo_labels, data_cfg: DataConfig, spec: InputSpec,
                        ) -> tf.data.Dataset:
   """This pipeline's endless stream of unlabeled examples (dicts, see module doc)."""
   worker = ctx.input_pipeline_id
-  ds = unlabeled_records(pseudo_labels).shard(ctx.num_input_pipelines, worker)
+  ds = unlabeled_records(pseudo_labels, ctx.num_input_pipelines, worker)
   # A different seed from the labeled stream's, so the two are shuffled independently.
   seed = data_cfg.seed + 1
   if _is_raw(ds):

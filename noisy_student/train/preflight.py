@@ -114,13 +114,23 @@ def _check_labeled(model_cfg: ModelConfig, labeled_source, class_names) -> None:
 
 def _check_unlabeled(model_cfg: ModelConfig, unlabeled, mode: str) -> None:
   """The unlabeled stream is non-empty and its probabilities have C classes."""
-  name = unlabeled if isinstance(unlabeled, str) else "the pseudo_labels dataset"
+  name = (unlabeled if isinstance(unlabeled, str) else
+          getattr(unlabeled, "spec", "the pseudo_labels dataset"))
   records = inputs_lib.unlabeled_records(unlabeled)
   first = inputs_lib.first_element_or_error(records, f"The unlabeled source {name}")
+  if mode == inputs_lib.TEACHER and not {"image/encoded", "teacher_image"} & set(first):
+    raise ValueError(f"{name} holds no raw images ('image/encoded') for the on-the-fly "
+                     "teacher to label; give --unlabel_data_dir images or TFRecords.")
   if mode == inputs_lib.STORED:
     if "probabilities" not in first:
       raise ValueError(f"{name} has no 'probabilities'; give pseudo-labels written by the "
                        "predict phase, or an on-the-fly teacher.")
+    if float(tf.reduce_sum(first["probabilities"])) < 0.5:
+      raise ValueError(f"The first record of {name} has probabilities summing to "
+                       f"{float(tf.reduce_sum(first['probabilities'])):g}, not 1: "
+                       "placeholders (the original's proc_svhn.py:139-142 writes zeros "
+                       "into unlabeled images), not pseudo-labels. Label them with "
+                       "--mode=predict, or train with an on-the-fly --teacher_model_path.")
     found = int(first["probabilities"].shape[-1])
     if found != model_cfg.num_label_classes:
       raise ValueError(f"The pseudo-labels in {name} have {found} classes but "

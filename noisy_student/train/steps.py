@@ -16,8 +16,10 @@ from noisy_student.config import TrainConfig
 from noisy_student.train import inputs as inputs_lib
 from noisy_student.train import losses
 
+# target_confidence: the mean max probability of the pseudo-label targets, the
+# original's `unl/target_prob` (main.py:539-540).
 METRICS = ("loss", "labeled_loss", "unlabeled_loss", "weight_decay_loss",
-           "labeled_accuracy", "pseudo_accuracy")
+           "labeled_accuracy", "pseudo_accuracy", "target_confidence")
 
 
 def _accuracy(logits: tf.Tensor, classes: tf.Tensor) -> tf.Tensor:
@@ -71,10 +73,12 @@ def make_replica_step(model: keras.Model, optimizer, cfg: TrainConfig, mode: str
     num_labeled = tf.shape(batch["label"])[0]
     pseudo_acc = (tf.constant(0.0) if targets is None else
                   _accuracy(logits[num_labeled:], tf.argmax(targets, axis=-1)))
+    target_conf = (tf.constant(0.0) if targets is None else
+                   tf.reduce_mean(tf.reduce_max(targets, axis=-1)))
     return {"loss": parts.total, "labeled_loss": parts.labeled,
             "unlabeled_loss": parts.unlabeled, "weight_decay_loss": parts.weight_decay,
             "labeled_accuracy": _accuracy(logits[:num_labeled], batch["label"]),
-            "pseudo_accuracy": pseudo_acc}
+            "pseudo_accuracy": pseudo_acc, "target_confidence": target_conf}
 
   return replica_step
 

@@ -154,9 +154,16 @@ def train(model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg: TrainConfig,
     final_path = checkpoints.save_final_model(
         checkpoints.load_for_inference(train_cfg.model_dir), train_cfg.model_dir)
     logging.info("Wrote %s.", final_path)
-  return TrainResult(train_cfg.model_dir, global_step(state.optimizer), start_step,
-                     state.manager.latest_checkpoint or "", final_path, metrics, rate,
-                     strategy.num_replicas_in_sync, spec.mode)
+  result = TrainResult(train_cfg.model_dir, global_step(state.optimizer), start_step,
+                       state.manager.latest_checkpoint or "", final_path, metrics, rate,
+                       strategy.num_replicas_in_sync, spec.mode)
+  logging.info("Trained %s to step %d, mode %s (pseudo-labels: %s).", model_cfg.model_name,
+               result.global_step, spec.mode, _PSEUDO_LABELS[spec.mode])
+  return result
+
+
+_PSEUDO_LABELS = {inputs_lib.SUPERVISED: "none", inputs_lib.STORED: "stored",
+                  inputs_lib.TEACHER: "the on-the-fly teacher's"}
 
 
 class _Loop:
@@ -226,7 +233,8 @@ class _Loop:
                 steps_per_sec: float) -> None:
     eta = (self.train_steps - step) / max(steps_per_sec, 1e-9)
     student = (f", unlabeled {metrics['unlabeled_loss']:.4f}, pseudo-acc "
-               f"{metrics['pseudo_accuracy']:.3f}" if self.cfg.unlabel_ratio else "")
+               f"{metrics['pseudo_accuracy']:.3f}, target-conf "
+               f"{metrics['target_confidence']:.3f}" if self.cfg.unlabel_ratio else "")
     logging.info("step %d/%d (epoch %.2f) loss %.4f (labeled %.4f, acc %.3f%s) lr %.3g | "
                  "%.1f images/s, ETA %s", step, self.train_steps,
                  step / self.steps_per_epoch, metrics["loss"], metrics["labeled_loss"],
