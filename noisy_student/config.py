@@ -311,6 +311,11 @@ class PipelineConfig:
   student_unlabel_ratios: Tuple[float, ...] = setting(
       (), "Pipeline: unlabel_ratio per iteration (paper L2: 14,14,28); unset: "
       "--unlabel_ratio.", check=each(greater(0)))
+  reassign_label: bool = setting(
+      False, "Pipeline: filter and balance the unlabeled images once, with the first "
+      "teacher, and have each later teacher relabel that same set (the original's flow: "
+      "filter_unlabel.sh once, then reassign.sh, predict_label.py --reassign_label). "
+      "Unset: each iteration filters with its own teacher.")
   allow_smaller_student: bool = setting(
       False, "Allow a student smaller than its teacher (the paper's never is).")
   finetune: bool = setting(

@@ -212,7 +212,8 @@ def train_student(ctx: Context, i: int, model_name: str, ratio: float,
                   ) -> TrainedModel:
   """Noised student on labeled + balanced pseudo-labeled data, from scratch, in
   `<root>/<directory>` (default `student_<i>`)."""
-  pseudo = tfrecords.read_pseudo_labels(balanced.output_dir, balanced.plan_path)
+  pseudo = tfrecords.read_pseudo_labels(balanced.output_dir, balanced.plan_path,
+                                        relabel_dir=balanced.relabel_dir)
   return _train(ctx, ctx.model_cfg(model_name),
                 _train_cfg(ctx, directory or f"student_{i}", unlabel_ratio=ratio), pseudo)
 
@@ -474,9 +475,16 @@ def run_pipeline(cfg: config_lib.Config, ctx: Optional[Context] = None
     pseudo = phase(f"predict-{i}", {"teacher": teacher, **fp["predict"]},
                    lambda: predict_pseudo_labels(ctx, teacher, ctx.path(f"pseudo_{i}")),
                    PseudoLabels)
-    balanced = phase(f"balance-{i}", {"pseudo": pseudo, **fp["filter"]},
-                     lambda: balance_pseudo_labels(ctx, pseudo.output_dir),
-                     BalancedPseudoLabels)
+    if cfg.pipeline.reassign_label and i > 1:
+      # The first iteration's selection and copies, this teacher's labels.
+      balanced = phase(f"balance-{i}", {"pseudo": pseudo, "filtered": first,
+                                         "reassign": True},
+                       lambda: dataclasses.replace(first, relabel_dir=pseudo.output_dir),
+                       BalancedPseudoLabels)
+    else:
+      balanced = first = phase(f"balance-{i}", {"pseudo": pseudo, **fp["filter"]},
+                               lambda: balance_pseudo_labels(ctx, pseudo.output_dir),
+                               BalancedPseudoLabels)
     model = phase(f"student-{i}", {"balanced": balanced, "student": name, "ratio": ratio,
                                    **fp["train"]},
                   lambda: train_student(ctx, i, name, ratio, balanced), TrainedModel)

@@ -56,11 +56,14 @@ class PseudoLabels(Result):
 
 @dataclasses.dataclass(frozen=True)
 class BalancedPseudoLabels(Result):
-  """The filter phase's plan over a pseudo-label directory (confidence and balance)."""
+  """The filter phase's plan over a pseudo-label directory (confidence and balance); with
+  `relabel_dir`, the plan selects by `output_dir`'s labels and the student learns
+  `relabel_dir`'s (another teacher's predictions over the same images)."""
   output_dir: str
   plan_path: str
   report_path: str
   totals: Dict[str, int] = dataclasses.field(default_factory=dict)
+  relabel_dir: Optional[str] = None
 
 
 @dataclasses.dataclass(frozen=True)

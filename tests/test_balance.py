@@ -149,3 +149,26 @@ def test_the_originals_filter_output_is_balanced_by_one_pass(tmp_path, exact):
   write_original_shard(theirs / "train-0-00001-of-00002", probs[:5], seed=7)
   with pytest.raises(ValueError, match="computed for other shards"):
     plan_lib.read_pseudo_labels(str(theirs), result.plan_path)
+
+
+def test_relabel_keeps_the_first_teachers_selection_with_the_new_teachers_labels(tmp_path):
+  """The original's filter-once flow (predict_label.py --reassign_label): a later teacher
+  relabels the set the first one filtered; selection and copies stay, labels change."""
+  first, second = str(tmp_path / "first"), str(tmp_path / "second")
+  _write_shards(first, _confidences(seed=0))
+  new = _write_shards(second, _confidences(seed=5), teacher="t2")
+  plan = balance.balance(first, FilterConfig(num_image=300), seed=1).plan_path
+  selected = sorted(i for _, _, i in _read(first, plan))
+  ds = plan_lib.read_pseudo_labels(first, plan, relabel_dir=second).batch(4096)
+  got = [(c, x, i) for b in ds.as_numpy_iterator()
+         for c, x, i in zip(b[fmt.CLASS_KEY].tolist(), b[fmt.CONFIDENCE_KEY].tolist(),
+                            b[fmt.ID_KEY].tolist())]
+  assert sorted(i for _, _, i in got) == selected  # Same images, same copies.
+  by_id = {i: x for _, x, i in new}
+  assert all(x == pytest.approx(by_id[i]) for _, x, i in got)  # The second's labels.
+  assert any(x != pytest.approx(x0) for (_, x, _), (_, x0, _) in zip(got, _read(first, plan)))
+  # Shards of other images, or in another order, are refused rather than mixed up.
+  other = str(tmp_path / "other")
+  _write_shards(other, [c[::-1] for c in _confidences(seed=5)][::-1])
+  with pytest.raises(Exception, match="do not hold the same images in the same order"):
+    list(plan_lib.read_pseudo_labels(first, plan, relabel_dir=other).take(5000))

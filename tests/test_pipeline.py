@@ -204,3 +204,22 @@ def test_a_student_worse_than_its_teacher_and_a_weak_teacher_are_marked(
   assert saved["teacher_check"]["train_accuracy"] == 0.29
   assert saved["teacher_check"]["held_out_accuracy"] == 0.8
   assert any("student 1 (70.00%) is worse than its teacher" in n for n in saved["notes"])
+
+
+def test_reassign_label_filters_once_and_later_teachers_relabel(tmp_path, monkeypatch):
+  cfg = _cfg(tmp_path, finetune=False, reassign_label=True,
+             students=("efficientnet-b0",) * 3)
+  rec = Recorder(monkeypatch)
+  seen = {}
+  monkeypatch.setattr(pipeline, "train_student", lambda ctx, i, name, ratio, balanced: (
+      seen.__setitem__(i, balanced) or results.TrainedModel(
+          path=ctx.path(f"student_{i}"), model_name=name, image_size=32, small_image=True)))
+  pipeline.run_pipeline(cfg)
+  assert [c for c in rec.calls if c.startswith("balance")] == ["balance-1"]
+  assert [c for c in rec.calls if c.startswith("predict")] == [
+      "predict-1", "predict-2", "predict-3"]
+  assert seen[1].relabel_dir is None
+  for i in (2, 3):  # The first filter's plan over pseudo_1, the i-th teacher's labels.
+    assert seen[i].plan_path == seen[1].plan_path
+    assert seen[i].output_dir == seen[1].output_dir
+    assert seen[i].relabel_dir == cfg.train.model_dir + f"/pseudo_{i}"

@@ -109,10 +109,41 @@ def plan_in(directory: str) -> Optional[str]:
   return path if tf.io.gfile.exists(path) else None
 
 
+# The fields a relabelling teacher replaces; the plan still selects by the first ones.
+_RELABELED = (fmt.PROBS_KEY, fmt.CLASS_KEY, fmt.CONFIDENCE_KEY)
+_SELECT_CLASS, _SELECT_CONFIDENCE = "select/class", "select/confidence"
+
+
+def _relabeled(ds: tf.data.Dataset, relabel_dir: str, num_classes: Optional[int],
+               require_complete: bool) -> tf.data.Dataset:
+  """`ds`'s records with another teacher's labels from `relabel_dir`, whose shards hold
+  the same images in the same order (predict over the same source, workers and shard
+  count); the first labels stay as the select/* fields the plan reads. A record whose id
+  differs from its partner's stops the read: the two predictions are not aligned."""
+  other = reader.read_records(relabel_dir, num_classes, require_complete)
+
+  @tf.autograph.experimental.do_not_convert
+  def merge(first, second):
+    check = tf.debugging.assert_equal(
+        first[fmt.ID_KEY], second[fmt.ID_KEY],
+        message=f"pseudo-labels in {relabel_dir} do not hold the same images in the same "
+                "order as the filtered set; predict them over the same unlabeled source "
+                "with the same --num_workers and --num_shards")
+    with tf.control_dependencies([check]):
+      out = {k: tf.identity(second[k]) if k in _RELABELED else v for k, v in first.items()}
+    return {**out, _SELECT_CLASS: first[fmt.CLASS_KEY],
+            _SELECT_CONFIDENCE: first[fmt.CONFIDENCE_KEY]}
+  return tf.data.Dataset.zip(ds, other).map(merge, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def _without_select(record: Dict[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
+  return {k: v for k, v in record.items() if not k.startswith("select/")}
+
+
 def read_pseudo_labels(path_or_pattern: str, plan: Union[None, str, Mapping[str, Any]] = None,
                        *, balance_plan: Union[None, str, Mapping[str, Any]] = None,
-                       num_classes: Optional[int] = None,
-                       require_complete: bool = True) -> tf.data.Dataset:
+                       num_classes: Optional[int] = None, require_complete: bool = True,
+                       relabel_dir: Optional[str] = None) -> tf.data.Dataset:
   """Pseudo-labeled records with a balance plan's copies applied.
 
   Args:
@@ -122,22 +153,30 @@ def read_pseudo_labels(path_or_pattern: str, plan: Union[None, str, Mapping[str,
     plan / balance_plan (alias): a plan dict or JSON path; None reads every record once.
     num_classes: the probabilities' length (default: from the manifests).
     require_complete: refuse a directory missing some worker's shard.
+    relabel_dir: another teacher's predict output over the same images: the plan selects
+      and copies records by `path_or_pattern`'s labels, and the records carry this
+      directory's (the original's filter-once, reassign-each-iteration flow,
+      predict_label.py --reassign_label).
   Returns:
     A tf.data.Dataset of dicts keyed as `tfrecords.format.FEATURE_KEYS` (a record with k
     copies appears k times, adjacently: shuffle downstream). Deterministic.
   """
   plan = plan if plan is not None else balance_plan
   ds = reader.read_records(path_or_pattern, num_classes, require_complete)
+  select = (fmt.CLASS_KEY, fmt.CONFIDENCE_KEY)
+  if relabel_dir:
+    ds = _relabeled(ds, relabel_dir, num_classes, require_complete)
+    select = (_SELECT_CLASS, _SELECT_CONFIDENCE)
   if plan is None:
-    return ds
+    return ds.map(_without_select) if relabel_dir else ds
   plan = load_plan(plan)
   _check_plan_matches(plan, path_or_pattern)
   copies_fn = make_copies_fn(plan)
 
   @tf.autograph.experimental.do_not_convert  # Plain ops: autograph only adds tracing time.
   def repeat_rows(batch):
-    n = copies_fn(batch[fmt.CLASS_KEY], batch[fmt.CONFIDENCE_KEY], batch[fmt.ID_KEY])
-    return {k: tf.repeat(v, n, axis=0) for k, v in batch.items()}
+    n = copies_fn(batch[select[0]], batch[select[1]], batch[fmt.ID_KEY])
+    return {k: tf.repeat(v, n, axis=0) for k, v in _without_select(batch).items()}
   # Vectorised over blocks of records: a per-record flat_map measured 3x slower here.
   ds = ds.batch(_REPEAT_BLOCK).map(repeat_rows, num_parallel_calls=tf.data.AUTOTUNE)
   return ds.unbatch()
