@@ -396,9 +396,11 @@ def fingerprints(cfg: config_lib.Config) -> Dict[str, phases.Fingerprint]:
   # Predict's records depend on no setting of its own: they hold T = 1 probabilities, a
   # convention recorded so markers of older code (which stored softmax(logits / T)) differ.
   predict = {"probabilities_temperature": tfrecords.STORED_TEMPERATURE}
+  # The teacher's own length and size: a student-only change does not retrain it.
+  teacher = {**train, **teacher_length(cfg),
+             "image_size": cfg.pipeline.teacher_image_size or cfg.model.input_image_size}
   return {"data": {"data": cfg.data, "model": cfg.model},
-          "train": {"train": train, **{k: getattr(cfg.pipeline, k) for k in (
-              "teacher_train_steps", "teacher_train_epochs", "teacher_image_size")}},
+          "teacher": {"train": teacher}, "train": {"train": train},
           "predict": predict, "filter": {"filter": cfg.filter},
           "finetune": {k: v for k, v in dataclasses.asdict(cfg.pipeline).items()
                        if k.startswith("finetune")},
@@ -465,7 +467,7 @@ def run_pipeline(cfg: config_lib.Config, ctx: Optional[Context] = None
                                           lambda: evaluate_model(ctx, model, name),
                                           Evaluation, last=True))
 
-  model = phase("teacher", fp["train"], lambda: train_teacher(ctx), TrainedModel)
+  model = phase("teacher", fp["teacher"], lambda: train_teacher(ctx), TrainedModel)
   rows = [evaluated("teacher", model, "teacher")]
   teacher = model
   checked = phase("check-teacher", {"model": teacher}, lambda: check_teacher(

@@ -223,3 +223,17 @@ def test_reassign_label_filters_once_and_later_teachers_relabel(tmp_path, monkey
     assert seen[i].plan_path == seen[1].plan_path
     assert seen[i].output_dir == seen[1].output_dir
     assert seen[i].relabel_dir == cfg.train.model_dir + f"/pseudo_{i}"
+
+
+def test_a_students_length_does_not_retrain_the_teacher(tmp_path, monkeypatch):
+  cfg = _cfg(tmp_path, finetune=False, teacher_train_epochs=100.0)
+  Recorder(monkeypatch)
+  pipeline.run_pipeline(cfg)
+  longer = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, train_epochs=700.0,
+                                                              train_ratio=2.0))
+  with pytest.raises(phases.PhaseMismatchError, match="phase student-1 .*train_epochs"):
+    pipeline.run_pipeline(longer)  # The teacher (100 epochs either way) was skipped.
+  teacher_longer = dataclasses.replace(cfg, pipeline=dataclasses.replace(
+      cfg.pipeline, teacher_train_epochs=200.0))
+  with pytest.raises(phases.PhaseMismatchError, match="phase teacher .*train_epochs"):
+    pipeline.run_pipeline(teacher_longer)
