@@ -362,8 +362,9 @@ class RobustnessConfig:
       True, "Run the robustness report (corruptions, perturbations, FGSM) in --mode=eval "
       "and for every model --mode=pipeline evaluates.", flag="robustness")
   corruptions: Tuple[str, ...] = setting(
-      (), "ImageNet-C style corruptions; unset: the 14 of ImageNet-C's benchmark set "
-      "implemented here (docs/robustness.md); 'all' adds the extras.")
+      (), "ImageNet-C style corruptions; unset: every one of ImageNet-C's benchmark set "
+      "implemented here (all but frost; docs/robustness.md); 'all' adds the extras "
+      "(speckle_noise, gaussian_blur, saturate).")
   severities: Tuple[int, ...] = setting((1, 2, 3, 4, 5), "Corruption severities.",
                                         check=lambda v: non_empty(v) or each(in_range(1, 5))(v))
   perturbations: Tuple[str, ...] = setting(
