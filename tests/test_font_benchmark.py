@@ -117,7 +117,7 @@ def test_pseudo_label_accuracy_before_and_after_the_plan(tmp_path):
   truth = {"u_0.png": "a", "u_1.png": "b", "u_2.png": "a", "u_3.png": "a"}
   classes = np.int64([0, 1, 0, 1])  # The last is wrong.
   conf = np.float32([0.9, 0.8, 0.7, 0.4])
-  probs = np.stack([np.where(classes == 0, conf, 1 - conf), np.where(classes == 1, conf, 1 - conf)], 1)
+  probs = np.stack([np.where(classes == c, conf, 1 - conf) for c in (0, 1)], 1)
   fp = {"teacher": "t", "num_classes": 2, "num_workers": 1, "num_shards": 1}
   w = fmt.ShardWriter(os.path.join(d, fmt.shard_name("train", 0, 1)), 2, fp, [0, 4], num_bins=10)
   w.write_batch([b"x"] * 4, ids, np.full([4], -1), probs.astype(np.float32), classes, conf)
@@ -145,8 +145,10 @@ def test_driver_epochs_to_steps_and_summary(monkeypatch):
   monkeypatch.setattr(run_font_benchmark, "cli_defines", lambda name: True)
   assert run_font_benchmark.resolve_epochs(flags, 600) == flags
   recs = [{"seed": s, "models": {"teacher": t, "student_1": st}, "final_error_ratio": e,
-           "pseudo_all_top1": [p], "pseudo_seen_top1": [p], "pipeline_seconds": 60, "cnn_top1": c}
+           "pseudo_all_top1": [p], "pseudo_seen_top1": [p], "pipeline_seconds": 60,
+           "pipeline_cpu_seconds": 240, "cnn_top1": c}
           for s, t, st, e, p, c in [(0, 0.9, 0.94, 0.6, 0.9, 0.8), (1, 0.8, 0.86, 0.7, 0.8, 0.7)]]
   table = run_font_benchmark.summarize(recs, "digits")
   assert "| teacher top-1 % | 90.00 | 80.00 | 85.00 ± 7.07 |" in table
   assert "| final / teacher error | 0.60 | 0.70 | 0.65 ± 0.07 |" in table
+  assert "| pipeline CPU minutes / 2 | 2.00 | 2.00 | 2.00 ± 0.00 |" in table
