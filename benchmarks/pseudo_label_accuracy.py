@@ -20,7 +20,7 @@ import argparse
 import glob
 import json
 import os
-from typing import Dict, Mapping, Optional
+from typing import Dict, Mapping
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
