@@ -1,0 +1,215 @@
+"""The font benchmark over seeds: data, the CNN floor, a pipeline, pseudo-label accuracy.
+
+  python benchmarks/run_font_benchmark.py --flagfile=flags/presets/small_images.flags \
+      --classes=digits --seeds=0,1,2 --data_root=data/fonts --out=runs/font_bench \
+      [--num_labeled=600 --num_unlabeled=15960 --num_test=6500] [-- --extra_flag=...]
+
+For each seed s (sequentially; one training job at a time):
+  1. benchmarks/make_font_images.py --seed=s  -> <data_root>/<classes>_<counts>_s<s>
+     (skipped when that folder's manifest exists);
+  2. benchmarks/supervised_cnn.py on its labeled folder -> <out>/seed_<s>/cnn.json;
+  3. noisy-student --flagfile=... --seed=s with the three data flags
+     -> <out>/seed_<s>/pipeline (resumable: run the same command again after a stop);
+  4. benchmarks/pseudo_label_accuracy.py on that run -> <out>/seed_<s>/pseudo_labels.json.
+Then <out>/summary.json and summary.md: per seed and mean +- sample sd over the seeds of
+the CNN, teacher, each student, the final/teacher error ratio, pseudo-label top-1 (all and
+as the student saw them), wall times. Flags after `--` go to noisy-student unchanged.
+
+Epoch flags: `--train_epochs` / `--teacher_train_epochs` (in the flagfile or after `--`)
+are passed as they are when the CLI defines them, else translated to
+`--train_steps` / `--teacher_train_steps` = ceil(epochs * labeled images / batch size).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from typing import Dict, List, Optional, Sequence
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+EPOCH_FLAGS = {"train_epochs": "train_steps", "teacher_train_epochs": "teacher_train_steps"}
+
+
+def _flag_lines(flagfile: Optional[str], extra: Sequence[str]) -> List[str]:
+  """The flagfile's flags (comments dropped) followed by `extra`."""
+  lines = []
+  if flagfile:
+    with open(flagfile) as f:
+      lines = [ln.strip() for ln in f if ln.strip().startswith("--")]
+  return lines + list(extra)
+
+
+def _value(flags: Sequence[str], name: str, default=None):
+  """The last value given to --name in `flags`."""
+  out = default
+  for f in flags:
+    if f.startswith(f"--{name}="):
+      out = f.split("=", 1)[1]
+  return out
+
+
+def cli_defines(name: str) -> bool:
+  """Whether this checkout's noisy-student has flag --name."""
+  sys.path.insert(0, ROOT)
+  from absl import flags as absl_flags
+  import flags as ns_flags
+  fv = absl_flags.FlagValues()
+  ns_flags.define_all(fv)
+  return name in fv
+
+
+def resolve_epochs(flags: Sequence[str], num_labeled: int) -> List[str]:
+  """Epoch flags the CLI lacks become step flags (see the module docstring)."""
+  batch = int(_value(flags, "train_batch_size", 32))
+  out = []
+  for f in flags:
+    name = f[2:].split("=", 1)[0]
+    if name in EPOCH_FLAGS and not cli_defines(name):
+      epochs = float(f.split("=", 1)[1])
+      f = f"--{EPOCH_FLAGS[name]}={math.ceil(epochs * num_labeled / batch)}"
+    out.append(f)
+  return out
+
+
+def _cpu_seconds() -> float:
+  """User + system CPU seconds of this process's finished children."""
+  usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+  return usage.ru_utime + usage.ru_stime
+
+
+def _run(cmd: List[str], log: str) -> tuple:
+  """Runs `cmd` with output to `log`; returns (wall, CPU) seconds; raises on failure."""
+  start, cpu = time.time(), _cpu_seconds()
+  with open(log, "a") as f:
+    f.write(f"\n$ {' '.join(cmd)}\n")
+    f.flush()
+    rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT,
+                        env=dict(os.environ, PYTHONPATH=ROOT)).returncode
+  if rc:
+    raise SystemExit(f"failed ({rc}): {' '.join(cmd)}; see {log}")
+  return time.time() - start, _cpu_seconds() - cpu
+
+
+def run_seed(args: argparse.Namespace, seed: int, extra: Sequence[str]) -> Dict:
+  """Steps 1-4 for one seed; returns that seed's record."""
+  counts = f"{args.num_labeled}_{args.num_unlabeled}_{args.num_test}"
+  data = os.path.join(args.data_root, f"{args.classes}_{counts}_s{seed}")
+  out = os.path.join(args.out, f"seed_{seed}")
+  os.makedirs(out, exist_ok=True)
+  log = os.path.join(out, "log.txt")
+  py = sys.executable
+  if not os.path.exists(os.path.join(data, "manifest.json")):
+    _run([py, os.path.join(HERE, "make_font_images.py"), f"--out={data}", f"--seed={seed}",
+          f"--classes={args.classes}", f"--num_labeled={args.num_labeled}",
+          f"--num_unlabeled={args.num_unlabeled}", f"--num_test={args.num_test}",
+          f"--image_size={args.image_size}"], log)
+  cnn_json = os.path.join(out, "cnn.json")
+  if not args.skip_cnn and not os.path.exists(cnn_json):
+    _run([py, os.path.join(HERE, "supervised_cnn.py"), f"--label_data_dir={data}/labeled",
+          f"--eval_data_dir={data}/test", f"--seed={seed}", f"--epochs={args.cnn_epochs}",
+          f"--image_size={args.image_size}", f"--output={cnn_json}"], log)
+  flags = resolve_epochs(_flag_lines(args.flagfile, extra), args.num_labeled)
+  model_dir = os.path.join(out, "pipeline")
+  cmd = [py, "-m", "noisy_student", *flags, f"--seed={seed}", f"--model_dir={model_dir}",
+         f"--label_data_dir={data}/labeled", f"--unlabel_data_dir={data}/unlabeled",
+         f"--eval_data_dir={data}/test"]
+  seconds = cpu = None
+  if not os.path.exists(os.path.join(model_dir, "results.json")):
+    seconds, cpu = _run(cmd, log)
+  pl_json = os.path.join(out, "pseudo_labels.json")
+  _run([py, os.path.join(HERE, "pseudo_label_accuracy.py"), f"--truth={data}/unlabeled_truth.json",
+        f"--model_dir={model_dir}", f"--output={pl_json}"], log)
+  with open(os.path.join(model_dir, "results.json")) as f:
+    models = json.load(f)["models"]
+  with open(pl_json) as f:
+    pseudo = json.load(f)
+  record = {"seed": seed, "data": data, "command": " ".join(cmd),
+            "pipeline_seconds": seconds, "pipeline_cpu_seconds": cpu,
+            "models": {m["name"]: m["top1"] for m in models},
+            "pseudo_all_top1": [p["all"]["top1"] for p in pseudo],
+            "pseudo_seen_top1": [p.get("seen", {}).get("top1") for p in pseudo]}
+  if os.path.exists(cnn_json):
+    with open(cnn_json) as f:
+      record["cnn_top1"] = json.load(f)["top1"]
+  names = list(record["models"])
+  record["final_error_ratio"] = ((1 - record["models"][names[-1]]) /
+                                 max(1e-9, 1 - record["models"][names[0]]))
+  with open(os.path.join(out, "record.json"), "w") as f:
+    json.dump(record, f, indent=1)
+  return record
+
+
+def _mean_sd(values: Sequence[float]) -> str:
+  values = [v for v in values if v is not None]
+  if not values:
+    return "-"
+  sd = statistics.stdev(values) if len(values) > 1 else 0.0
+  return f"{statistics.mean(values):.2f} ± {sd:.2f}"
+
+
+def summarize(records: Sequence[Dict], title: str) -> str:
+  """The markdown table: one row per quantity, a column per seed and the mean ± sd."""
+  seeds = [r["seed"] for r in records]
+  rows = []
+  if all("cnn_top1" in r for r in records):
+    rows.append(("supervised CNN top-1 %", [100 * r["cnn_top1"] for r in records]))
+  for name in records[0]["models"]:
+    rows.append((f"{name} top-1 %", [100 * r["models"].get(name, float("nan")) for r in records]))
+  rows.append(("final / teacher error", [r["final_error_ratio"] for r in records]))
+  for i in range(len(records[0]["pseudo_all_top1"])):
+    rows.append((f"pseudo-labels {i + 1} top-1 % (all)",
+                 [100 * r["pseudo_all_top1"][i] for r in records]))
+    rows.append((f"pseudo-labels {i + 1} top-1 % (as seen)",
+                 [100 * (r["pseudo_seen_top1"][i] or 0) for r in records]))
+  rows.append(("pipeline minutes (wall)", [r["pipeline_seconds"] / 60 if r["pipeline_seconds"]
+                                           else None for r in records]))
+  # Both cores busy on a quiet machine: CPU time / 2 is the wall time it would take.
+  rows.append(("pipeline CPU minutes / 2", [r["pipeline_cpu_seconds"] / 120
+                                            if r.get("pipeline_cpu_seconds") else None
+                                            for r in records]))
+  head = f"| {title} | " + " | ".join(f"seed {s}" for s in seeds) + " | mean ± sd |"
+  lines = [head, "|---" * (len(seeds) + 2) + "|"]
+  for label, vals in rows:
+    cells = ["-" if v is None else f"{v:.2f}" for v in vals]
+    lines.append(f"| {label} | " + " | ".join(cells) + f" | {_mean_sd(vals)} |")
+  return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> List[Dict]:
+  argv = list(sys.argv[1:] if argv is None else argv)
+  extra = argv[argv.index("--") + 1:] if "--" in argv else []
+  argv = argv[:argv.index("--")] if "--" in argv else argv
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p.add_argument("--flagfile", default=os.path.join(ROOT, "flags/presets/small_images.flags"))
+  p.add_argument("--classes", default="digits")
+  p.add_argument("--seeds", default="0,1,2")
+  p.add_argument("--data_root", default="data/fonts")
+  p.add_argument("--out", required=True)
+  p.add_argument("--num_labeled", type=int, default=600)
+  p.add_argument("--num_unlabeled", type=int, default=15960)
+  p.add_argument("--num_test", type=int, default=6500)
+  p.add_argument("--image_size", type=int, default=32)
+  p.add_argument("--cnn_epochs", type=int, default=100)
+  p.add_argument("--skip_cnn", action="store_true")
+  args = p.parse_args(argv)
+  args.data_root, args.out = os.path.abspath(args.data_root), os.path.abspath(args.out)
+  records = [run_seed(args, int(s), extra) for s in args.seeds.split(",")]
+  title = f"{args.classes} {args.num_labeled}/{args.num_unlabeled}/{args.num_test}"
+  table = summarize(records, title)
+  print(table)
+  with open(os.path.join(args.out, "summary.json"), "w") as f:
+    json.dump({"flagfile": args.flagfile, "extra_flags": extra, "records": records}, f, indent=1)
+  with open(os.path.join(args.out, "summary.md"), "w") as f:
+    f.write(table)
+  return records
+
+
+if __name__ == "__main__":
+  main()
