@@ -14,16 +14,11 @@ For each seed s (sequentially; one training job at a time):
 Then <out>/summary.json and summary.md: per seed and mean +- sample sd over the seeds of
 the CNN, teacher, each student, the final/teacher error ratio, pseudo-label top-1 (all and
 as the student saw them), wall times. Flags after `--` go to noisy-student unchanged.
-
-Epoch flags: `--train_epochs` / `--teacher_train_epochs` (in the flagfile or after `--`)
-are passed as they are when the CLI defines them, else translated to
-`--train_steps` / `--teacher_train_steps` = ceil(epochs * labeled images / batch size).
 """
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import resource
 import statistics
@@ -34,7 +29,6 @@ from typing import Dict, List, Optional, Sequence
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-EPOCH_FLAGS = {"train_epochs": "train_steps", "teacher_train_epochs": "teacher_train_steps"}
 
 
 def _flag_lines(flagfile: Optional[str], extra: Sequence[str]) -> List[str]:
@@ -44,38 +38,6 @@ def _flag_lines(flagfile: Optional[str], extra: Sequence[str]) -> List[str]:
     with open(flagfile) as f:
       lines = [ln.strip() for ln in f if ln.strip().startswith("--")]
   return lines + list(extra)
-
-
-def _value(flags: Sequence[str], name: str, default=None):
-  """The last value given to --name in `flags`."""
-  out = default
-  for f in flags:
-    if f.startswith(f"--{name}="):
-      out = f.split("=", 1)[1]
-  return out
-
-
-def cli_defines(name: str) -> bool:
-  """Whether this checkout's noisy-student has flag --name."""
-  sys.path.insert(0, ROOT)
-  from absl import flags as absl_flags
-  import flags as ns_flags
-  fv = absl_flags.FlagValues()
-  ns_flags.define_all(fv)
-  return name in fv
-
-
-def resolve_epochs(flags: Sequence[str], num_labeled: int) -> List[str]:
-  """Epoch flags the CLI lacks become step flags (see the module docstring)."""
-  batch = int(_value(flags, "train_batch_size", 32))
-  out = []
-  for f in flags:
-    name = f[2:].split("=", 1)[0]
-    if name in EPOCH_FLAGS and not cli_defines(name):
-      epochs = float(f.split("=", 1)[1])
-      f = f"--{EPOCH_FLAGS[name]}={math.ceil(epochs * num_labeled / batch)}"
-    out.append(f)
-  return out
 
 
 def _cpu_seconds() -> float:
@@ -115,7 +77,7 @@ def run_seed(args: argparse.Namespace, seed: int, extra: Sequence[str]) -> Dict:
     _run([py, os.path.join(HERE, "supervised_cnn.py"), f"--label_data_dir={data}/labeled",
           f"--eval_data_dir={data}/test", f"--seed={seed}", f"--epochs={args.cnn_epochs}",
           f"--image_size={args.image_size}", f"--output={cnn_json}"], log)
-  flags = resolve_epochs(_flag_lines(args.flagfile, extra), args.num_labeled)
+  flags = _flag_lines(args.flagfile, extra)
   model_dir = os.path.join(out, "pipeline")
   cmd = [py, "-m", "noisy_student", *flags, f"--seed={seed}", f"--model_dir={model_dir}",
          f"--label_data_dir={data}/labeled", f"--unlabel_data_dir={data}/unlabeled",

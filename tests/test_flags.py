@@ -170,29 +170,14 @@ def test_flagfile_and_resolved_config_written(tmp_path):
 
 
 PRESETS = sorted(glob.glob(os.path.join(flags.PRESETS_DIR, "*.flags")))
-# Epoch-length flags that small_images.flags uses and the lead is adding; a preset that
-# needs one of them is an expected (strict) failure only while it is undefined.
-_PENDING_FLAGS = ("train_epochs", "teacher_train_epochs")
-
-
-def _preset_param(path):
-  with open(path) as f:
-    used = {ln[2:].split("=")[0].strip() for ln in f if ln.startswith("--")}
-  pending = sorted(n for n in used & set(_PENDING_FLAGS) if n not in _parse())
-  marks = [pytest.mark.xfail(raises=absl_flags.UnrecognizedFlagError, strict=True,
-                             reason=f"needs --{', --'.join(pending)}, not defined yet")
-           ] if pending else []
-  return pytest.param(path, marks=marks, id=os.path.basename(path))
-
-
 def test_presets_exist():
   names = {os.path.basename(p) for p in PRESETS}
-  for required in ["demo.flags", "smoke.flags", "svhn_b0.flags", "imagenet_b0.flags",
-                   "imagenet_b7.flags", "imagenet_l2.flags"]:
+  for required in ["demo.flags", "smoke.flags", "small_images.flags", "svhn_b0.flags",
+                   "imagenet_b0.flags", "imagenet_b7.flags", "imagenet_l2.flags"]:
     assert required in names
 
 
-@pytest.mark.parametrize("path", [_preset_param(p) for p in PRESETS])
+@pytest.mark.parametrize("path", PRESETS, ids=os.path.basename)
 def test_preset_parses_and_starts_with_its_command(path, monkeypatch):
   # Cloud presets name gs://YOUR_BUCKET paths; do not ask the network about them.
   real = checks.exists
