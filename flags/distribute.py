@@ -18,10 +18,17 @@ def define(fv: flags.FlagValues) -> None:
   flags.DEFINE_string("gcp_project", None, "GCP project of the TPU.", flag_values=fv)
   flags.DEFINE_bool("use_bfloat16", False, "Mixed bfloat16 precision (TPU).",
                     flag_values=fv)
+  flags.DEFINE_enum(
+      "jit_compile", "auto", list(config_lib.JIT_COMPILE_SETTINGS),
+      "XLA-compile every step (train, predict, eval, robustness). auto: on when every "
+      "replica is a GPU or TPU, off on CPUs, where XLA was slower: XLA_CPU_RATIO "
+      "(benchmarks/bench_train.py --compare xla). true with several CPU replicas is "
+      "refused (TensorFlow compiles mirrored updates only on GPUs).", flag_values=fv)
 
 
 def to_config(fv: flags.FlagValues) -> config_lib.DistributeConfig:
   """Reads the distribution flags."""
   return config_lib.DistributeConfig(
       strategy=fv.strategy, use_tpu=fv.use_tpu, tpu=fv.tpu, tpu_zone=fv.tpu_zone,
-      gcp_project=fv.gcp_project, use_bfloat16=fv.use_bfloat16)
+      gcp_project=fv.gcp_project, use_bfloat16=fv.use_bfloat16,
+      jit_compile=fv.jit_compile)

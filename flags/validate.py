@@ -119,8 +119,11 @@ def _check_conflicts(cfg: config_lib.Config) -> List[str]:
     errors.append(f"--use_tpu conflicts with --strategy={d.strategy}; drop one")
   if d.strategy == "tpu" and not d.use_tpu:
     errors.append("--strategy=tpu needs --use_tpu (and --tpu=NAME)")
-  if d.use_tpu and not t.model_dir.startswith("gs://"):
-    errors.append(f"--model_dir={t.model_dir}: a TPU reads and writes only gs:// paths")
+  if d.use_tpu:
+    errors += _check_tpu_paths(cfg)
+  if d.jit_compile not in config_lib.JIT_COMPILE_SETTINGS:
+    errors.append(f"--jit_compile={d.jit_compile}: use one of "
+                  f"{', '.join(config_lib.JIT_COMPILE_SETTINGS)}")
   if d.use_bfloat16 and cfg.model.dtype_policy != "mixed_bfloat16":
     errors.append(f"--use_bfloat16 conflicts with --dtype_policy={cfg.model.dtype_policy}")
   if t.pseudo_label_dir and t.teacher_model_path:
@@ -144,6 +147,22 @@ def _check_conflicts(cfg: config_lib.Config) -> List[str]:
     errors.append(f"--mode={cfg.mode} makes its own pseudo-labels; drop --pseudo_label_dir / "
                   "--teacher_model_path (they are for --mode=train)")
   return errors
+
+
+def _check_tpu_paths(cfg: config_lib.Config) -> List[str]:
+  """A Cloud TPU's workers read and write only Cloud Storage: every path must be gs://
+  (digits: and tfds: specs are not paths; --tfds_data_dir is checked itself)."""
+  t, d = cfg.train, cfg.data
+  paths = [("model_dir", t.model_dir), ("label_data_dir", d.label_data_dir),
+           ("unlabel_data_dir", d.unlabel_data_dir), ("eval_data_dir", d.eval_data_dir),
+           ("tfds_data_dir", d.tfds_data_dir), ("pseudo_label_dir", t.pseudo_label_dir),
+           ("teacher_model_path", t.teacher_model_path),
+           ("init_model_path", t.init_model_path),
+           ("predict_ckpt_path", cfg.predict.predict_ckpt_path),
+           ("output_dir", cfg.predict.output_dir)]
+  return [f"--{flag}={path}: a TPU reads and writes only gs:// paths"
+          for flag, path in paths
+          if path and not path.startswith(("gs://",) + _BUILTIN_PREFIXES)]
 
 
 def _exists(path: str) -> bool:

@@ -84,6 +84,9 @@ class TrainConfig:
   pseudo_label_dir: Optional[str] = None  # Output of the predict/filter phases.
 
 
+JIT_COMPILE_SETTINGS = ("auto", "true", "false")  # DistributeConfig.jit_compile.
+
+
 @dataclasses.dataclass(frozen=True)
 class DistributeConfig:
   """Which tf.distribute strategy to run under."""
@@ -93,6 +96,7 @@ class DistributeConfig:
   tpu_zone: Optional[str] = None
   gcp_project: Optional[str] = None
   use_bfloat16: bool = False
+  jit_compile: str = "auto"  # XLA for every step: auto (GPU/TPU on, CPU off), true, false.
 
 
 @dataclasses.dataclass(frozen=True)

@@ -62,6 +62,11 @@ class Context:
       self._strategy = distribute.make_strategy(self.cfg.distribute)
     return self._strategy
 
+  @property
+  def jit_compile(self) -> bool:
+    """--jit_compile resolved for this run's strategy (eval, predict, robustness)."""
+    return distribute.resolve_jit_compile(self.cfg.distribute.jit_compile, self.strategy)
+
   def source(self, which: str) -> sources.Source:
     """'label', 'unlabel' or 'eval': the source of that flag, opened once."""
     if which not in self._sources:
@@ -172,7 +177,7 @@ def evaluate_model(ctx: Context, info: ModelInfo, name: str) -> Dict[str, Any]:
   ds = _eval_data(ctx, info)
   model = ctx.load(info)
   result = evaluate_lib.evaluate(model, ds, class_names=ctx.class_names,
-                                 strategy=ctx.strategy)
+                                 strategy=ctx.strategy, jit_compile=ctx.jit_compile)
   report = evaluate_lib.write_report(result, ctx.path("eval"), name=name,
                                      step=info.get("global_step", 0))
   out = {"top1": result.top1, "top5": result.top5, "top_k": result.top_k,
@@ -197,7 +202,8 @@ def _robustness(ctx: Context, info: ModelInfo, name: str, model, ds) -> Dict[str
   baseline = _robustness_baseline(ctx, name)
   result = robustness.evaluate_robustness(
       model, ds, ctx.cfg.robustness, image_size=info["image_size"], baseline=baseline,
-      strategy=ctx.strategy, batch_size=ctx.cfg.predict.eval_batch_size, name=name)
+      strategy=ctx.strategy, batch_size=ctx.cfg.predict.eval_batch_size, name=name,
+      jit_compile=ctx.jit_compile)
   if baseline is None and name == "teacher":
     robustness.normalise(result, result)
   path = robustness.write_report(result, ctx.path("eval"), name=name,
@@ -232,7 +238,8 @@ def _baseline_model_report(ctx: Context, path: str) -> Dict[str, Any]:
   result = robustness.evaluate_robustness(
       ctx.load(info), _eval_data(ctx, info), ctx.cfg.robustness,
       image_size=info["image_size"], strategy=ctx.strategy,
-      batch_size=ctx.cfg.predict.eval_batch_size, name="baseline")
+      batch_size=ctx.cfg.predict.eval_batch_size, name="baseline",
+      jit_compile=ctx.jit_compile)
   result["model_path"] = path
   robustness.write_report(robustness.normalise(result, result), ctx.path("eval"),
                           name="baseline")
@@ -248,7 +255,7 @@ def predict_pseudo_labels(ctx: Context, teacher: ModelInfo, output_dir: str,
       ctx.load(teacher), ctx.source("unlabel"), pcfg, image_size=teacher["image_size"],
       class_names=ctx.class_names, num_label_classes=len(ctx.class_names),
       strategy=ctx.strategy, teacher_id=teacher["path"],
-      small_image=teacher["small_image"])
+      small_image=teacher["small_image"], jit_compile=ctx.jit_compile)
   return {"output_dir": output_dir, "records_written": summary.records_written,
           "corrupt_skipped": summary.corrupt_skipped}
 

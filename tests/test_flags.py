@@ -74,6 +74,15 @@ def test_unlabel_ratio_default_depends_on_mode():
   assert _config("--mode=pipeline", "--unlabel_ratio=7").train.unlabel_ratio == 7.0
 
 
+def test_jit_compile_flag_reaches_the_config_and_is_checked():
+  assert _config().distribute.jit_compile == "auto"
+  cfg = _config("--jit_compile=false")
+  assert cfg.distribute.jit_compile == "false" and flags.validate(cfg) == []
+  bad = dataclasses.replace(cfg, distribute=dataclasses.replace(cfg.distribute,
+                                                                jit_compile="yes"))
+  assert "--jit_compile=yes: use one of auto, true, false" in flags.validate(bad)
+
+
 def test_bfloat16_sets_the_policy():
   assert _config("--use_bfloat16").model.dtype_policy == "mixed_bfloat16"
   assert _config().model.dtype_policy == "float32"
@@ -91,6 +100,10 @@ def test_bfloat16_sets_the_policy():
     (["--label_data_dir=/no/such/folder"], "--label_data_dir=/no/such/folder: no such file"),
     (["--use_tpu", "--strategy=mirrored"], "--use_tpu conflicts with --strategy=mirrored"),
     (["--use_tpu", "--tpu=x"], "--model_dir=runs/default: a TPU reads and writes only gs://"),
+    (["--use_tpu", "--model_dir=gs://b/run", "--label_data_dir=/data/train"],
+     "--label_data_dir=/data/train: a TPU reads and writes only gs://"),
+    (["--use_tpu", "--model_dir=gs://b/run", "--tfds_data_dir=/data/tfds",
+      "--label_data_dir=tfds:mnist:train"], "--tfds_data_dir=/data/tfds: a TPU reads"),
     (["--use_bfloat16", "--dtype_policy=mixed_float16"], "--use_bfloat16 conflicts with"),
     (["--mode=train", "--unlabel_ratio=2"], "--unlabel_ratio=2.0 trains a student"),
     (["--worker_index=2", "--num_workers=2"], "--worker_index=2: must be in [0, --num_w"),

@@ -41,6 +41,7 @@ class TrainResult:
   images_per_second: float  # Over the run, compilation excluded.
   num_replicas: int
   mode: str  # "supervised", "stored" or "teacher".
+  jit_compile: bool = False  # Whether XLA compiled the step.
 
 
 @dataclasses.dataclass
@@ -120,6 +121,7 @@ def train(model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg: TrainConfig,
   """
   preflight.check_train_config(train_cfg)
   strategy = strategy or distribute.make_strategy(dist_cfg)
+  jit_compile = distribute.resolve_jit_compile(dist_cfg.jit_compile, strategy)
   model_cfg = distribute.resolve_model_config(model_cfg, dist_cfg, strategy)
   chief, ckpt_dir = preflight.chief_and_checkpoint_dir(strategy, train_cfg.model_dir)
   run = preflight.prepare_inputs(model_cfg, train_cfg, strategy, labeled_source,
@@ -140,7 +142,10 @@ def train(model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg: TrainConfig,
       state.model, state.optimizer, train_cfg, spec.mode,
       schedules.loss_weight_decay(train_cfg), strategy.num_replicas_in_sync, state.ema,
       state.teacher)
-  multi_step = steps_lib.make_multi_step(strategy, replica_step)
+  logging.info("Train step: XLA %s, %s.", "on" if jit_compile else "off",
+               model_cfg.dtype_policy)
+  multi_step = steps_lib.make_multi_step(
+      strategy, distribute.compile_step(replica_step, jit_compile, strategy))
   images_per_step = strategy.num_replicas_in_sync * (spec.labeled_batch +
                                                      spec.unlabeled_batch)
   loop = _Loop(train_cfg, state, chief, images_per_step, run.num_train_images,
@@ -155,7 +160,7 @@ def train(model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg: TrainConfig,
     logging.info("Wrote %s.", final_path)
   return TrainResult(train_cfg.model_dir, global_step(state.optimizer), start_step,
                      state.manager.latest_checkpoint or "", final_path, metrics, rate,
-                     strategy.num_replicas_in_sync, spec.mode)
+                     strategy.num_replicas_in_sync, spec.mode, jit_compile)
 
 
 class _Loop:
