@@ -37,28 +37,33 @@ def make_batch(mode: str, b: int = 4, u: int = 4, size: int = 32):
 
 def run_steps(weights, cfg, mode: str, jit: bool, num_steps: int = 2, teacher=None,
               policy: str = "float32", learning_rate: float = 0.01,
-              batch_size: int = 4) -> types.SimpleNamespace:
+              batch_size: int = 4, strategy=None) -> types.SimpleNamespace:
   """`num_steps` steps of the trainer's replica step (optimizer, EMA, loss scaling under
   mixed_float16 as the trainer sets them) from `weights`, one step per call of the
-  trainer's multi-step, on the default strategy.
+  trainer's multi-step, under `strategy` (default: the default strategy; with several
+  replicas, batch norm is synchronised and each gets its part of the batch).
 
-  Every step sees the same batch of `batch_size` labeled (and as many unlabeled) images.
-  Returns metrics (a dict per step), state (weights then EMA shadows, numpy), model,
-  ema, replica_step (uncompiled), compiled (what strategy.run called) and multi.
+  Every step sees the same global batch of `batch_size` labeled (and as many
+  unlabeled) images. Returns metrics (a dict per step), state (weights then EMA shadows,
+  numpy), model, ema, optimizer, replica_step (uncompiled), compiled (what
+  strategy.run called) and multi.
   """
-  strategy = tf.distribute.get_strategy()
-  model = tiny_model(dtype_policy=policy)
-  model.set_weights(weights)
-  optimizer = schedules.build_optimizer(cfg, learning_rate,
-                                        loss_scale=policy == "mixed_float16")
-  optimizer.build(model.trainable_variables)
-  ema = ema_lib.WeightEMA(model, 0.99)
-  replica_step = steps.make_replica_step(model, optimizer, cfg, mode, cfg.weight_decay, 1,
-                                         ema, teacher)
+  strategy = strategy or tf.distribute.get_strategy()
+  replicas = strategy.num_replicas_in_sync
+  with strategy.scope():
+    model = tiny_model(dtype_policy=policy, sync_batch_norm=replicas > 1)
+    model.set_weights(weights)
+    optimizer = schedules.build_optimizer(cfg, learning_rate,
+                                          loss_scale=policy == "mixed_float16")
+    optimizer.build(model.trainable_variables)
+    ema = ema_lib.WeightEMA(model, 0.99)
+  replica_step = steps.make_replica_step(model, optimizer, cfg, mode, cfg.weight_decay,
+                                         replicas, ema, teacher)
   compiled = distribute.compile_step(replica_step, jit, strategy)
   multi = steps.make_multi_step(strategy, compiled)
   batch = make_batch(mode, batch_size, batch_size)
-  batches = iter(tf.data.Dataset.from_tensors(batch).repeat())
+  batches = iter(strategy.experimental_distribute_dataset(
+      tf.data.Dataset.from_tensors(batch).repeat()))
   metrics = [{k: float(v) for k, v in multi(batches, tf.constant(1)).items()}
              for _ in range(num_steps)]
   state = [w.numpy() for w in model.weights] + [s.numpy() for s in ema.shadows]

@@ -15,6 +15,8 @@ from noisy_student.train import inputs
 from noisy_student.train import steps as steps_lib
 from noisy_student.train import train
 
+pytestmark = pytest.mark.accelerator
+
 DATA = DataConfig(augment_name="v1", randaug_mag=5, shuffle_buffer=16)
 PLAIN = DataConfig(augment_name=None, shuffle_buffer=16)  # Same contract, less work.
 

@@ -27,6 +27,8 @@ from tfrecords import format as fmt
 
 from _steps import CLASSES, assert_states_close, run_steps, tiny_model
 
+pytestmark = pytest.mark.accelerator
+
 MODES = [
     pytest.param("stored", 1.0, id="stored-soft"),
     pytest.param("stored", -1.0, id="stored-hard", marks=pytest.mark.slow),
@@ -53,6 +55,22 @@ def test_train_step_compiles_and_matches_the_uncompiled_step(mode, temperature):
   # One trace each: the batch shapes are static.
   assert xla.compiled.experimental_get_tracing_count() == 1
   assert xla.multi.experimental_get_tracing_count() == 1
+
+
+def test_mirrored_step_with_xla_over_gpus_matches_one_device():
+  """The multi-GPU path: TensorFlow compiles a replica step that updates mirrored
+  variables (all-reduce without merge_call) only when every device is a GPU."""
+  gpus = [d.name for d in tf.config.list_logical_devices("GPU")]
+  if len(gpus) < 2:
+    pytest.skip("needs 2 GPUs (benchmarks/device_check.sh runs it where there are)")
+  cfg = TrainConfig(unlabel_ratio=1.0, weight_decay=1e-4, optimizer="sgd")
+  weights = tiny_model().get_weights()
+  one = run_steps(weights, cfg, "stored", False)
+  two = run_steps(weights, cfg, "stored", True,
+                  strategy=tf.distribute.MirroredStrategy(gpus[:2]))
+  for a, b in zip(one.metrics, two.metrics):
+    assert b["loss"] == pytest.approx(a["loss"], rel=1e-4)
+  assert_states_close(one.state, two.state)
 
 
 def test_noise_layers_draw_under_xla():
