@@ -59,14 +59,15 @@ def _make_step(model: keras.Model, num_classes: int, k: int):
     hits = tf.logical_and(keep, tf.math.in_top_k(labels, logits, k))
     predicted = tf.argmax(logits, axis=-1, output_type=tf.int32)
     confusion = tf.math.confusion_matrix(labels, predicted, num_classes,
-                                         weights=tf.cast(keep, tf.int64), dtype=tf.int64)
+                                         weights=tf.cast(keep, tf.int32), dtype=tf.int32)
     return {"images": count(keep), "hits": count(hits), "confusion": confusion}
   return step
 
 
 def count(mask: tf.Tensor) -> tf.Tensor:
-  """int64 number of True entries."""
-  return tf.reduce_sum(tf.cast(mask, tf.int64))
+  """int32 number of True entries: a step's outputs are int32 / float32, the types a
+  TPU handles natively; the host adds them up in int64 / float64."""
+  return tf.reduce_sum(tf.cast(mask, tf.int32))
 
 
 def as_pair(batch):
@@ -127,7 +128,14 @@ def summed_step(step: Callable[[tf.Tensor, tf.Tensor, tf.Tensor], Dict[str, tf.T
   datasets with the same element shapes (as the robustness report does, one per
   corruption): each new compiled function costs a trace of the model.
   """
-  replica_step = distribute.compile_step(step, jit_compile, strategy)
+  compiled = distribute.compile_step(step, jit_compile, strategy)
+
+  def replica_step(*batch):
+    outputs = compiled(*batch)
+    distribute.check_step_tensors(
+        {k: tf.TensorSpec(v.shape, v.dtype) for k, v in outputs.items()},
+        "a summed step's outputs")
+    return outputs
 
   @tf.function
   def run(batch):
@@ -151,12 +159,14 @@ def sum_over_dataset(run, dataset: tf.data.Dataset, strategy: tf.distribute.Stra
   if batch_size is None:
     return {}
   padded = pad_batches(dataset, static_batch_size(batch_size, strategy))
-  distribute.check_step_inputs(padded.element_spec, what)
+  distribute.check_step_tensors(padded.element_spec, what)
   totals: Dict[str, np.ndarray] = {}
   start = time.time()
   for i, batch in enumerate(strategy.experimental_distribute_dataset(padded)):
     for name, value in run(batch).items():
-      totals[name] = totals.get(name, 0) + value.numpy()
+      value = value.numpy()  # Widened here: a step's int32 / float32 would overflow.
+      value = value.astype(np.float64 if value.dtype.kind == "f" else np.int64)
+      totals[name] = totals.get(name, 0) + value
     if log_every_n_batches and (i + 1) % log_every_n_batches == 0:
       seen = int(totals.get("images", 0))
       logging.info("%s: %d images, %.1f images/s", what, seen, seen / (time.time() - start))

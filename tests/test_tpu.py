@@ -9,6 +9,7 @@ import tensorflow as tf
 import flags
 from _train_worker import make_records
 from absl import flags as absl_flags
+from noisy_student import evaluate
 from noisy_student.config import DataConfig, DistributeConfig, ModelConfig, TrainConfig
 from noisy_student.train import distribute
 from noisy_student.train import inputs
@@ -46,17 +47,26 @@ def test_each_host_feeds_its_replicas_static_numeric_batches(mode):
 
 
 def test_step_inputs_a_tpu_cannot_take_fail_everywhere():
-  check = distribute.check_step_inputs
+  check = distribute.check_step_tensors
   check({"image": tf.TensorSpec([2, 8, 8, 3], tf.float32),
          "label": tf.TensorSpec([2], tf.int32)}, "ok")
-  with pytest.raises(ValueError, match="the input: input id has dtype string"):
+  with pytest.raises(ValueError, match="the input: id has dtype string"):
     check({"id": tf.TensorSpec([2], tf.string)}, "the input")
-  with pytest.raises(ValueError, match="input label has dtype int64"):
+  with pytest.raises(ValueError, match="x: label has dtype int64"):
     check({"label": tf.TensorSpec([2], tf.int64)}, "x")
-  with pytest.raises(ValueError, match=r"input 0 has shape \(None, 8\) with an unknown"):
+  with pytest.raises(ValueError, match=r"x: 0 has shape \(None, 8\) with an unknown"):
     check((tf.TensorSpec([None, 8], tf.float32),), "x")
-  with pytest.raises(ValueError, match="input r is a RaggedTensorSpec"):
+  with pytest.raises(ValueError, match="x: r is a RaggedTensorSpec"):
     check({"r": tf.RaggedTensorSpec([2, None], tf.float32)}, "x")
+
+
+def test_a_summed_step_returning_int64_fails_everywhere():
+  strategy = tf.distribute.get_strategy()
+  run = evaluate.summed_step(
+      lambda images, labels, valid: {"n": tf.reduce_sum(tf.cast(valid, tf.int64))}, strategy)
+  ds = tf.data.Dataset.from_tensor_slices((tf.zeros([3, 2, 2, 3]), tf.zeros([3], tf.int64)))
+  with pytest.raises(ValueError, match="a summed step's outputs: n has dtype int64"):
+    evaluate.sum_over_dataset(run, ds.batch(2), strategy)
 
 
 @pytest.fixture

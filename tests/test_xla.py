@@ -47,9 +47,12 @@ def test_train_step_compiles_and_matches_the_uncompiled_step(mode, temperature):
   teacher = tiny_model() if mode == "teacher" else None
   plain = run_steps(weights, cfg, mode, False, teacher=teacher)
   xla = run_steps(weights, cfg, mode, True, teacher=teacher)
-  for a, b in zip(plain.metrics, xla.metrics):
+  # Step 1, from the same weights, differs by rounding only (measured <= 7e-6). The
+  # update amplifies it (batch norm over 8 images): at step 2 up to 1.9e-4 in 4 runs.
+  for step, (a, b) in enumerate(zip(plain.metrics, xla.metrics)):
     for name in steps.METRICS:
-      assert b[name] == pytest.approx(a[name], rel=1e-4, abs=1e-5), (name, a, b)
+      assert b[name] == pytest.approx(a[name], rel=1e-4 if step == 0 else 2e-3,
+                                      abs=1e-5), (name, step, a, b)
   assert plain.metrics[0]["loss"] != plain.metrics[1]["loss"]  # The step trained.
   assert_states_close(plain.state, xla.state)
   # One trace each: the batch shapes are static.
@@ -68,8 +71,8 @@ def test_mirrored_step_with_xla_over_gpus_matches_one_device():
   one = run_steps(weights, cfg, "stored", False)
   two = run_steps(weights, cfg, "stored", True,
                   strategy=tf.distribute.MirroredStrategy(gpus[:2]))
-  for a, b in zip(one.metrics, two.metrics):
-    assert b["loss"] == pytest.approx(a["loss"], rel=1e-4)
+  for step, (a, b) in enumerate(zip(one.metrics, two.metrics)):  # As above.
+    assert b["loss"] == pytest.approx(a["loss"], rel=1e-4 if step == 0 else 2e-3)
   assert_states_close(one.state, two.state)
 
 

@@ -110,7 +110,7 @@ def _new_step(model: Any, strategy: tf.distribute.Strategy, num_classes: int,
               jit_compile: bool) -> Step:
   n = strategy.num_replicas_in_sync
   image_spec = tf.TensorSpec([batch_size, *spec["image"].shape[1:]], spec["image"].dtype)
-  distribute.check_step_inputs(image_spec, "predict's teacher step")
+  distribute.check_step_tensors(image_spec, "predict's teacher step")
   replica_fn = distribute.compile_step(_teacher_fn(model, num_classes, temperature),
                                        jit_compile, strategy)
 

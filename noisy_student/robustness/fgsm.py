@@ -38,7 +38,7 @@ def attack(images: tf.Tensor, sign: tf.Tensor, epsilon) -> tf.Tensor:
 
 def make_step(model: keras.Model, epsilons: Sequence[float]):
   """One replica's batch (images, labels, valid) -> {"images": labeled count, "correct":
-  int64 [len(epsilons)]}.
+  int32 [len(epsilons)]}.
 
   Padding rows (valid False) and unlabeled images (label -1) count nowhere, as in
   `evaluate`. In inference mode every row's gradient depends on that row only, so they
@@ -61,6 +61,6 @@ def make_step(model: keras.Model, epsilons: Sequence[float]):
     # compiled function costs seconds of graph optimisation. One eps at a time bounds
     # the memory to one batch.
     hits = tf.map_fn(correct, tf.constant(epsilons, tf.float32),
-                     fn_output_signature=tf.int64, parallel_iterations=1)
+                     fn_output_signature=tf.int32, parallel_iterations=1)
     return {"images": evaluate.count(keep), "correct": hits}
   return step

@@ -80,11 +80,10 @@ def _flip_step(model: keras.Model):
     logits = evaluate.logits_of(model, tf.reshape(videos, [-1, *videos.shape[2:]]))
     predicted = tf.reshape(tf.argmax(logits, axis=-1, output_type=tf.int32),
                            [batch, frames])
-    weight = tf.cast(valid, tf.float64)
+    weight = tf.cast(valid, tf.float32)  # float32: TPUs have no float64.
 
     def flips(noise):
-      per_video = perturbations.flip_probability(predicted, noise)
-      return tf.reduce_sum(tf.cast(per_video, tf.float64) * weight)
+      return tf.reduce_sum(perturbations.flip_probability(predicted, noise) * weight)
     videos_used = evaluate.count(valid)
     return {"images": videos_used * frames, "videos": videos_used,
             "vs_first": flips(True), "vs_previous": flips(False)}

@@ -8,9 +8,9 @@ when there are several local GPUs, else default.
 
 XLA: every step (train, predict, eval, robustness) is the function `strategy.run` calls;
 `compile_step` compiles it with `jit_compile=True` when `resolve_jit_compile` says so
-("auto": on for GPUs and TPUs, off on CPUs). `check_step_inputs` holds the inputs of a
-step to what a TPU accepts, on every platform, so a violation fails here and not only
-after a TPU job has queued.
+("auto": on for GPUs and TPUs, off on CPUs). `check_step_tensors` holds the inputs (and
+outputs) of a step to what a TPU accepts, on every platform, so a violation fails here
+and not only after a TPU job has queued.
 """
 from __future__ import annotations
 
@@ -28,8 +28,8 @@ from noisy_student.config import DistributeConfig, ModelConfig
 
 STRATEGIES = ("auto", "default", "one_device", "mirrored", "multi_worker", "tpu")
 JIT_COMPILE = config_lib.JIT_COMPILE_SETTINGS
-# dtypes a TPU step may take (no strings, no int64: TPU infeed has neither).
-STEP_INPUT_DTYPES = (tf.float32, tf.bfloat16, tf.float16, tf.int32, tf.bool)
+# dtypes of a step's inputs and outputs: what a TPU's infeed takes (no strings, no int64).
+STEP_DTYPES = (tf.float32, tf.bfloat16, tf.int32, tf.bool)
 
 
 def _tf_config_workers() -> int:
@@ -123,11 +123,11 @@ def resolve_jit_compile(setting: str, strategy: tf.distribute.Strategy) -> bool:
   """Whether the steps run under `strategy` are compiled by XLA (the one place "auto"
   is decided).
 
-  "auto": on when every replica is a GPU or TPU, off on CPUs (there XLA was measured 5x
-  to 6x slower than TensorFlow's own kernels: benchmarks/bench_train.py --jit_compile
-  both). "true" / "false" force it; "true" with several CPU replicas is refused:
-  TensorFlow compiles a replica step that updates mirrored variables only when every
-  device is a GPU (MirroredStrategy._use_merge_call), or on a TPU.
+  "auto": on when every replica is a GPU or TPU, off on CPUs, where XLA's kernels are
+  slower than TensorFlow's own (the --jit_compile flag's help has the measured ratio).
+  "true" / "false" force it; "true" with several CPU replicas is refused: TensorFlow
+  compiles a replica step that updates mirrored variables only when every device is a
+  GPU (MirroredStrategy._use_merge_call), or on a TPU.
   """
   if setting not in JIT_COMPILE:
     raise ValueError(f"--jit_compile={setting!r} is unknown; use one of {JIT_COMPILE}.")
@@ -157,9 +157,9 @@ def compile_step(fn: Callable, jit_compile: bool, strategy: tf.distribute.Strate
   return tf.function(fn, jit_compile=True, autograph=False)
 
 
-def check_step_inputs(element_spec: Any, what: str) -> None:
-  """Raises ValueError unless every input of a step is a dense tensor of a TPU dtype
-  (`STEP_INPUT_DTYPES`) and fully known shape.
+def check_step_tensors(element_spec: Any, what: str) -> None:
+  """Raises ValueError unless every TensorSpec in `element_spec` (a step's inputs, or
+  outputs) is a dense tensor of a TPU dtype (`STEP_DTYPES`) and fully known shape.
 
   Strings, int64, ragged or sparse tensors, Python objects and unknown dimensions
   fail on a TPU only after the job has queued and loaded its data; checking the
@@ -169,13 +169,13 @@ def check_step_inputs(element_spec: Any, what: str) -> None:
     problem = None
     if not isinstance(spec, tf.TensorSpec):
       problem = f"is a {type(spec).__name__}, not a dense tensor"
-    elif spec.dtype not in STEP_INPUT_DTYPES:
+    elif spec.dtype not in STEP_DTYPES:
       problem = f"has dtype {spec.dtype.name} (a TPU step takes " + ", ".join(
-          d.name for d in STEP_INPUT_DTYPES) + ")"
+          d.name for d in STEP_DTYPES) + ")"
     elif not spec.shape.is_fully_defined():
       problem = f"has shape {spec.shape} with an unknown dimension (XLA needs static shapes)"
     if problem:
-      raise ValueError(f"{what}: input {path or 'element'} {problem}.")
+      raise ValueError(f"{what}: {path or 'the element'} {problem}.")
 
 
 def _flatten_with_paths(structure: Any, prefix: str = ""):

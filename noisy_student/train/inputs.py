@@ -164,7 +164,7 @@ def make_dataset_fn(labeled, pseudo_labels, data_cfg: DataConfig, spec: InputSpe
       unl = unl.batch(spec.unlabeled_batch, drop_remainder=True).map(
           lambda e: {k: tf.cast(v, tf.float32) for k, v in e.items()})
       ds = tf.data.Dataset.zip(lab, unl).map(lambda a, b: {**a, **b})
-    distribute.check_step_inputs(ds.element_spec, "the training input")
+    distribute.check_step_tensors(ds.element_spec, "the training input")
     return ds.prefetch(tf.data.AUTOTUNE)
 
   return dataset_fn
