@@ -22,10 +22,10 @@ def define(fv: flags.FlagValues) -> None:
       "jit_compile", "auto", list(config_lib.JIT_COMPILE_SETTINGS),
       "XLA-compile every step (train, predict, eval, robustness). auto: on when every "
       "replica is a GPU or TPU, off on CPUs, where XLA made an EfficientNet-B0 train "
-      "step at 32 px 18x slower (2.3 vs 40.9 images/s; efficientnet-test 20x) on 2 "
-      "cores, measured 2026-12-01 with benchmarks/bench_train.py --compare xla. true with "
-      "several CPU replicas is refused (TensorFlow compiles mirrored updates only on "
-      "GPUs).", flag_values=fv)
+      "step at 32 px 7x to 18x slower (6.5 vs 48.3 and 2.3 vs 40.9 images/s in two "
+      "side-by-side runs on 2 shared cores, 2026-12-01: benchmarks/bench_train.py "
+      "--sizes 32 --compare xla). true with several CPU replicas is refused (TensorFlow "
+      "compiles mirrored updates only on GPUs).", flag_values=fv)
 
 
 def to_config(fv: flags.FlagValues) -> config_lib.DistributeConfig:

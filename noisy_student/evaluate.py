@@ -4,8 +4,9 @@
 `(images, labels)` under a tf.distribute strategy, accumulating one confusion matrix and a
 top-k hit count per replica, summed at the end: nothing per image stays in memory, so it
 scales to any eval set. Every batch is padded to one static size with a validity mask
-(`pad_batches`), so the step (XLA-compiled with --jit_compile) is traced once. `write_report` stores the result as JSON, a PNG of the confusion
-matrix and TensorBoard scalars.
+(`pad_batches`), so the step (XLA-compiled with --jit_compile) is traced once.
+`write_report` stores the result as JSON, a PNG of the confusion matrix and TensorBoard
+scalars.
 """
 from __future__ import annotations
 
@@ -104,7 +105,10 @@ def pad_batches(dataset: tf.data.Dataset, batch_size: int) -> tf.data.Dataset:
     valid = tf.range(batch_size) < rows
     images = tf.ensure_shape(images, [batch_size, *images.shape[1:]])
     return images, tf.ensure_shape(labels, [batch_size]), valid
-  return dataset.map(lambda *batch: pad(*as_pair(batch[0] if len(batch) == 1 else batch)))
+  @tf.autograph.experimental.do_not_convert  # Plain ops.
+  def pad_element(*batch):
+    return pad(*as_pair(batch[0] if len(batch) == 1 else batch))
+  return dataset.map(pad_element)
 
 
 def first_batch_size(dataset: tf.data.Dataset) -> Optional[int]:
@@ -137,7 +141,10 @@ def summed_step(step: Callable[[tf.Tensor, tf.Tensor, tf.Tensor], Dict[str, tf.T
         "a summed step's outputs")
     return outputs
 
-  @tf.function
+  # No autograph: the steps are tensor ops without Python control flow, and converting
+  # them only costs tracing time (and once resolved `count` to a converted step: an
+  # AutoGraph cache mix-up seen in a long test session).
+  @tf.function(autograph=False)
   def run(batch):
     outputs = strategy.run(replica_step, args=batch)
     return {name: strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None)

@@ -45,10 +45,13 @@ def test_train_step_compiles_and_matches_the_uncompiled_step(mode, temperature):
                     teacher_softmax_temp=temperature, weight_decay=1e-4, optimizer="sgd")
   weights = tiny_model().get_weights()
   teacher = tiny_model() if mode == "teacher" else None
-  plain = run_steps(weights, cfg, mode, False, teacher=teacher)
-  xla = run_steps(weights, cfg, mode, True, teacher=teacher)
+  # Batch norm over 16 images per step: over 4, one update moved a batch-norm shift 7%
+  # apart between the compiled and the uncompiled step (rounding, amplified).
+  batch = dict(batch_size=16 if mode == "supervised" else 8)
+  plain = run_steps(weights, cfg, mode, False, teacher=teacher, **batch)
+  xla = run_steps(weights, cfg, mode, True, teacher=teacher, **batch)
   # Step 1, from the same weights, differs by rounding only (measured <= 7e-6). The
-  # update amplifies it (batch norm over 8 images): at step 2 up to 1.9e-4 in 4 runs.
+  # update amplifies it: at step 2 up to 1.9e-4 in 4 runs (8 + 8 images).
   for step, (a, b) in enumerate(zip(plain.metrics, xla.metrics)):
     for name in steps.METRICS:
       assert b[name] == pytest.approx(a[name], rel=1e-4 if step == 0 else 2e-3,
@@ -166,7 +169,7 @@ def check_robustness_parity(model, monkeypatch):
   assert (xla["perturbations"]["translate"]["flip_probability"] ==
           pytest.approx(plain["perturbations"]["translate"]["flip_probability"]))
   assert xla["fgsm"]["accuracy"] == plain["fgsm"]["accuracy"]
-  assert xla["fgsm"]["accuracy"][0] == 1 - xla["clean_error"]
+  assert xla["fgsm"]["accuracy"][0] == pytest.approx(1 - xla["clean_error"])
   # Count (clean + 2 corruptions), flips and FGSM steps, each traced once.
   assert [run.experimental_get_tracing_count() for run in runs] == [1] * 6
 

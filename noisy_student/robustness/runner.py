@@ -3,10 +3,9 @@
 Each corruption and severity is a `map` over the clean eval images (parallel) feeding one
 compiled step (XLA with --jit_compile; batches padded to one static size, so each step
 is traced once for all passes) that counts top-1 hits on every replica of a
-tf.distribute strategy. The
-randomness is drawn per chunk of SEED_CHUNK images, seeded by the chunk's index, so every
-run sees the same corrupted images whatever its eval batch size or strategy: a baseline
-report made on another machine is comparable. Perturbation sequences are made the same
+tf.distribute strategy. The randomness is drawn per chunk of SEED_CHUNK images, seeded
+by the chunk's index, so every run sees the same corrupted images whatever its eval
+batch size or strategy: a baseline report made on another machine is comparable. Perturbation sequences are made the same
 way, in batches of videos sized so that videos x frames stays near the eval batch size.
 FGSM takes one gradient per batch and scores every eps from it.
 """
