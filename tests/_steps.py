@@ -37,14 +37,16 @@ def make_batch(mode: str, b: int = 4, u: int = 4, size: int = 32):
 
 def run_steps(weights, cfg, mode: str, jit: bool, num_steps: int = 2, teacher=None,
               policy: str = "float32", learning_rate: float = 0.01,
-              batch_size: int = 4, strategy=None) -> types.SimpleNamespace:
+              batch_size: int = 4, strategy=None, eager: bool = False
+              ) -> types.SimpleNamespace:
   """`num_steps` steps of the trainer's replica step (optimizer, EMA, loss scaling under
   mixed_float16 as the trainer sets them) from `weights`, one step per call of the
   trainer's multi-step, under `strategy` (default: the default strategy; with several
   replicas, batch norm is synchronised and each gets its part of the batch).
 
   Every step sees the same global batch of `batch_size` labeled (and as many
-  unlabeled) images. Returns metrics (a dict per step), state (weights then EMA shadows,
+  unlabeled) images. `eager`: the replica step runs eagerly instead (no tracing, for a
+  reference of a few steps on the default strategy; multi is then None). Returns metrics (a dict per step), state (weights then EMA shadows,
   numpy), model, ema, optimizer, replica_step (uncompiled), compiled (what
   strategy.run called) and multi.
   """
@@ -60,12 +62,18 @@ def run_steps(weights, cfg, mode: str, jit: bool, num_steps: int = 2, teacher=No
   replica_step = steps.make_replica_step(model, optimizer, cfg, mode, cfg.weight_decay,
                                          replicas, ema, teacher)
   compiled = distribute.compile_step(replica_step, jit, strategy)
-  multi = steps.make_multi_step(strategy, compiled)
   batch = make_batch(mode, batch_size, batch_size)
-  batches = iter(strategy.experimental_distribute_dataset(
-      tf.data.Dataset.from_tensors(batch).repeat()))
-  metrics = [{k: float(v) for k, v in multi(batches, tf.constant(1)).items()}
-             for _ in range(num_steps)]
+  if eager:
+    multi = None
+    tensors = {k: tf.constant(v) for k, v in batch.items()}
+    metrics = [{k: float(v) for k, v in replica_step(tensors).items()}
+               for _ in range(num_steps)]
+  else:
+    multi = steps.make_multi_step(strategy, compiled)
+    batches = iter(strategy.experimental_distribute_dataset(
+        tf.data.Dataset.from_tensors(batch).repeat()))
+    metrics = [{k: float(v) for k, v in multi(batches, tf.constant(1)).items()}
+               for _ in range(num_steps)]
   state = [w.numpy() for w in model.weights] + [s.numpy() for s in ema.shadows]
   return types.SimpleNamespace(metrics=metrics, state=state, model=model, ema=ema,
                                optimizer=optimizer, replica_step=replica_step,
