@@ -23,7 +23,7 @@ import argparse
 import os
 import tempfile
 import time
-from typing import NamedTuple, Optional
+from typing import Dict, NamedTuple, Optional
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -132,6 +132,46 @@ def _describe(t: _Timing) -> str:
           f"(others {100 * t.others:.0f}%, steal {100 * t.steal:.0f}%)")
 
 
+def measure(model_name: str = "efficientnet-b0", image_size: int = 64,
+            num_images: int = 2048, batch_size: int = 128, num_classes: int = 100,
+            repeats: int = 2) -> Dict[str, float]:
+  """Both sides, alternately `repeats` times; prints every repeat and the summary and
+  returns {"end_to_end", "bare", "bare_to_last_batch" (images/s, best of the repeats),
+  "ratio" (of the bests), "median_ratio", ...}."""
+  keras.utils.set_random_seed(0)
+  load_before = os.getloadavg()[0]
+  with tempfile.TemporaryDirectory() as tmp:
+    path = os.path.join(tmp, "images.tfrecord")
+    write_images(path, num_images, image_size + 16)
+    source = sources.open_source(f"tfrecord:{path}")
+    model = efficientnet.build_model(model_name, num_classes, image_size=image_size)
+    e2e_fn = _end_to_end_fn(model, source, image_size, batch_size, tmp)
+    bare_fn = _bare_fn(model, source, image_size, batch_size)
+    # Alternating repeats: a busy machine's load swings between runs, so each repeat's
+    # pair is printed, and the summary is the best of each side plus the median ratio.
+    pairs = []
+    for r in range(repeats):
+      e2e, bare = e2e_fn(), bare_fn()
+      pairs.append((e2e.images_per_sec, bare.images_per_sec, bare.to_last_batch))
+      print(f"repeat {r + 1}: end to end {_describe(e2e)}; bare {_describe(bare)}; ratio "
+            f"{e2e.images_per_sec / bare.images_per_sec:.3f}", flush=True)
+  e2e, bare, bare_compute = (max(side) for side in zip(*pairs))
+  median = float(np.median([a / b for a, b, _ in pairs]))
+  print(f"{model_name} @ {image_size}px, {num_images} images, batch {batch_size}; load "
+        f"average {load_before:.2f} before, {os.getloadavg()[0]:.2f} after")
+  print(f"predict end to end: {e2e:8.1f} images/s (best of {repeats})")
+  print(f"bare model.predict: {bare:8.1f} images/s (best of {repeats}; pre-decoded); "
+        f"{bare_compute:.1f} to its last batch")
+  print(f"ratio of the bests: {e2e / bare:.3f}; median of the repeats' ratios: "
+        f"{median:.3f} (target >= 0.85)")
+  print(f"stricter, against bare to its last batch: ratio of the bests "
+        f"{e2e / bare_compute:.3f}, median {np.median([a / c for a, _, c in pairs]):.3f}",
+        flush=True)
+  return {"model": model_name, "image_size": image_size, "num_images": num_images,
+          "batch_size": batch_size, "end_to_end": e2e, "bare": bare,
+          "bare_to_last_batch": bare_compute, "ratio": e2e / bare, "median_ratio": median}
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--model", default="efficientnet-b0")
@@ -141,34 +181,9 @@ def main() -> None:
   parser.add_argument("--num_classes", type=int, default=100)
   parser.add_argument("--repeats", type=int, default=2)
   args = parser.parse_args()
-  keras.utils.set_random_seed(0)
-  load_before = os.getloadavg()[0]
-  with tempfile.TemporaryDirectory() as tmp:
-    path = os.path.join(tmp, "images.tfrecord")
-    write_images(path, args.num_images, args.image_size + 16)
-    source = sources.open_source(f"tfrecord:{path}")
-    model = efficientnet.build_model(args.model, args.num_classes, image_size=args.image_size)
-    e2e_fn = _end_to_end_fn(model, source, args.image_size, args.batch_size, tmp)
-    bare_fn = _bare_fn(model, source, args.image_size, args.batch_size)
-    # Alternating repeats: a busy machine's load swings between runs, so each repeat's
-    # pair is printed, and the summary is the best of each side plus the median ratio.
-    pairs = []
-    for r in range(args.repeats):
-      e2e, bare = e2e_fn(), bare_fn()
-      pairs.append((e2e.images_per_sec, bare.images_per_sec, bare.to_last_batch))
-      print(f"repeat {r + 1}: end to end {_describe(e2e)}; bare {_describe(bare)}; ratio "
-            f"{e2e.images_per_sec / bare.images_per_sec:.3f}", flush=True)
-  e2e, bare, bare_compute = (max(side) for side in zip(*pairs))
-  print(f"{args.model} @ {args.image_size}px, {args.num_images} images, batch "
-        f"{args.batch_size}; load average {load_before:.2f} before, "
-        f"{os.getloadavg()[0]:.2f} after")
-  print(f"predict end to end: {e2e:8.1f} images/s (best of {args.repeats})")
-  print(f"bare model.predict: {bare:8.1f} images/s (best of {args.repeats}; pre-decoded); "
-        f"{bare_compute:.1f} to its last batch")
-  print(f"ratio of the bests: {e2e / bare:.3f}; median of the repeats' ratios: "
-        f"{np.median([a / b for a, b, _ in pairs]):.3f} (target >= 0.85)")
-  print(f"stricter, against bare to its last batch: ratio of the bests "
-        f"{e2e / bare_compute:.3f}, median {np.median([a / c for a, _, c in pairs]):.3f}")
+  measure(args.model, args.image_size, args.num_images, args.batch_size,
+          args.num_classes, args.repeats)
+
 
 if __name__ == "__main__":
   main()

@@ -85,8 +85,6 @@ def _conflicts(cfg: Config) -> List[str]:
       (d.use_tpu and d.strategy not in ("auto", "tpu"),
        f"--use_tpu conflicts with --strategy={d.strategy}; drop one"),
       (d.strategy == "tpu" and not d.use_tpu, "--strategy=tpu needs --use_tpu (and --tpu=NAME)"),
-      (d.use_tpu and not t.model_dir.startswith("gs://"),
-       f"--model_dir={t.model_dir}: a TPU reads and writes only gs:// paths"),
       (d.use_bfloat16 and cfg.model.dtype_policy not in (None, "mixed_bfloat16"),
        f"--use_bfloat16 conflicts with --dtype_policy={cfg.model.dtype_policy}"),
       (t.pseudo_label_dir and t.teacher_model_path,
@@ -114,7 +112,23 @@ def _conflicts(cfg: Config) -> List[str]:
        f"--mode={cfg.mode} makes its own pseudo-labels; drop --pseudo_label_dir / "
        "--teacher_model_path (they are for --mode=train)"),
   ]
-  return [message for bad, message in pairs if bad]
+  return [message for bad, message in pairs if bad] + (_tpu_paths(cfg) if d.use_tpu else [])
+
+
+def _tpu_paths(cfg: Config) -> List[str]:
+  """A Cloud TPU's workers read and write only Cloud Storage: every path must be gs://
+  (digits: and tfds: specs are not paths; --tfds_data_dir is checked itself)."""
+  t, d = cfg.train, cfg.data
+  paths = [("model_dir", t.model_dir), ("label_data_dir", d.label_data_dir),
+           ("unlabel_data_dir", d.unlabel_data_dir), ("eval_data_dir", d.eval_data_dir),
+           ("tfds_data_dir", d.tfds_data_dir), ("pseudo_label_dir", t.pseudo_label_dir),
+           ("teacher_model_path", t.teacher_model_path),
+           ("init_model_path", t.init_model_path),
+           ("predict_ckpt_path", cfg.predict.predict_ckpt_path),
+           ("output_dir", cfg.predict.output_dir)]
+  return [f"--{flag}={path}: a TPU reads and writes only gs:// paths"
+          for flag, path in paths
+          if path and not path.startswith(("gs://",) + source.BUILTIN_PREFIXES)]
 
 
 def exists(path: str) -> bool:

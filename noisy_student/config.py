@@ -25,6 +25,7 @@ MODES = ("train", "predict", "filter", "eval", "export", "pipeline", "ablate")
 LOOP_MODES = ("pipeline", "ablate")  # Modes that run the whole teacher -> student loop.
 STRATEGIES = ("auto", "default", "one_device", "mirrored", "multi_worker", "tpu")
 DTYPE_POLICIES = ("float32", "mixed_bfloat16", "mixed_float16")
+JIT_COMPILE_SETTINGS = ("auto", "true", "false")  # DistributeConfig.jit_compile.
 RANDAUG_VARIANTS = ("original", "scaled")  # noisy_student/data/augment_table.py
 # The students' unlabeled:labeled batch ratio when --unlabel_ratio is unset in the loop
 # modes: the embedded digits demo's value (the paper: 1 to 28, larger models take more;
@@ -232,6 +233,13 @@ class DistributeConfig:
   tpu_zone: Optional[str] = setting(None, "GCE zone of the TPU.")
   gcp_project: Optional[str] = setting(None, "GCP project of the TPU.")
   use_bfloat16: bool = setting(False, "Mixed bfloat16 precision (TPU).")
+  jit_compile: str = setting(
+      "auto", "XLA-compile every step (train, predict, eval, robustness). auto: on when "
+      "every replica is a GPU or TPU, off on CPUs, where XLA made an EfficientNet-B0 train "
+      "step at 32 px 7x to 18x slower (6.5 vs 48.3 and 2.3 vs 40.9 images/s in two "
+      "side-by-side runs on 2 shared cores, 2026-12-01: benchmarks/bench_train.py --sizes "
+      "32 --compare xla). true with several CPU replicas is refused (TensorFlow compiles "
+      "mirrored updates only on GPUs).", choices=JIT_COMPILE_SETTINGS)
 
   def tf_config_workers(self) -> int:
     """Number of workers the TF_CONFIG environment variable describes (0 when unset)."""

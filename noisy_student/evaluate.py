@@ -3,8 +3,10 @@
 `evaluate` runs a model (load it with its EMA weights) over a batched eval dataset of
 `(images, labels)` under a tf.distribute strategy, accumulating one confusion matrix and a
 top-k hit count per replica, summed at the end: nothing per image stays in memory, so it
-scales to any eval set. `write_report` stores the result as JSON, a PNG of the confusion
-matrix and TensorBoard scalars.
+scales to any eval set. Every batch is padded to one static size with a validity mask
+(`pad_batches`), so the step (XLA-compiled with --jit_compile) is traced once.
+`write_report` stores the result as JSON, a PNG of the confusion matrix and TensorBoard
+scalars.
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from tensorflow.core.framework import summary_pb2
 
 from noisy_student import atomic
 from noisy_student import plots
+from noisy_student.train import distribute
 
 
 @dataclasses.dataclass
@@ -42,36 +45,30 @@ class EvalResult:
             f"on {self.num_images} images")
 
 
-def if_not_empty(images: tf.Tensor, fn, empty):
-  """fn() when the batch `images` holds an image, else empty().
-
-  A replica gets an empty batch when a distributed batch is smaller than the replica
-  count (a last partial batch). The model must not see it: oneDNN's Conv2D (TF 2.21 on
-  CPU) returns an empty batch with the input's channels, and the next layer then fails.
-  """
-  return tf.cond(tf.shape(images)[0] > 0, fn, empty)
-
-
 def logits_of(model: keras.Model, images: tf.Tensor) -> tf.Tensor:
-  """float32 model(images, training=False), safe on an empty batch (`if_not_empty`)."""
-  classes = int(model.output_shape[-1])
-  return if_not_empty(images, lambda: tf.cast(model(images, training=False), tf.float32),
-                      lambda: tf.zeros([0, classes], tf.float32))
+  """float32 model(images, training=False)."""
+  return tf.cast(model(images, training=False), tf.float32)
 
 
 def _make_step(model: keras.Model, num_classes: int, k: int):
-  """One replica's batch -> {images, top-k hits, confusion matrix}; unlabeled (-1) ignored."""
-  def step(images, labels):
+  """One replica's batch -> {images, top-k hits, confusion matrix}; rows that are padding
+  (valid False) or unlabeled (-1) count nowhere."""
+  def step(images, labels, valid):
     logits = logits_of(model, images)
-    labels = tf.cast(tf.reshape(labels, [-1]), tf.int32)
-    keep = labels >= 0
-    logits, labels = tf.boolean_mask(logits, keep), tf.boolean_mask(labels, keep)
-    hits = tf.reduce_sum(tf.cast(tf.math.in_top_k(labels, logits, k), tf.int64))
+    keep = tf.logical_and(valid, labels >= 0)
+    labels = tf.where(keep, labels, 0)  # Any class: these rows have weight 0 below.
+    hits = tf.logical_and(keep, tf.math.in_top_k(labels, logits, k))
     predicted = tf.argmax(logits, axis=-1, output_type=tf.int32)
-    confusion = tf.math.confusion_matrix(labels, predicted, num_classes, dtype=tf.int64)
-    return {"images": tf.size(labels, out_type=tf.int64), "hits": hits,
-            "confusion": confusion}
+    confusion = tf.math.confusion_matrix(labels, predicted, num_classes,
+                                         weights=tf.cast(keep, tf.int32), dtype=tf.int32)
+    return {"images": count(keep), "hits": count(hits), "confusion": confusion}
   return step
+
+
+def count(mask: tf.Tensor) -> tf.Tensor:
+  """int32 number of True entries: a step's outputs are int32 / float32, the types a
+  TPU handles natively; the host adds them up in int64 / float64."""
+  return tf.reduce_sum(tf.cast(mask, tf.int32))
 
 
 def as_pair(batch):
@@ -81,36 +78,102 @@ def as_pair(batch):
   return batch
 
 
-def summed_step(step: Callable[[tf.Tensor, tf.Tensor], Dict[str, tf.Tensor]],
-                strategy: tf.distribute.Strategy):
-  """Compiles `step(images, labels) -> {name: tensor}` to run on every replica of
+def static_batch_size(batch_size: int, strategy: tf.distribute.Strategy) -> int:
+  """`batch_size` rounded up to a multiple of the replicas: every replica gets as many
+  rows of every (padded) batch."""
+  replicas = strategy.num_replicas_in_sync
+  return -(-int(batch_size) // replicas) * replicas
+
+
+def pad_batches(dataset: tf.data.Dataset, batch_size: int) -> tf.data.Dataset:
+  """Batches of at most `batch_size` -> (images, labels int32, valid bool) of exactly
+  `batch_size` rows, whatever the dataset's last batch holds.
+
+  A compiled step then sees one shape (XLA and TPUs need static shapes; a partial last
+  batch would otherwise be traced and compiled again), and no replica ever gets an
+  empty batch. Padding rows are black images with label -1 and valid False: steps give
+  them weight 0, so the sums equal those over the unpadded batches.
+  """
+  def pad(images, labels):
+    rows = tf.shape(images)[0]
+    extra = batch_size - rows
+    with tf.control_dependencies([tf.debugging.assert_non_negative(
+        extra, message=f"a batch holds more than batch_size={batch_size} rows")]):
+      images = tf.pad(images, [[0, extra]] + [[0, 0]] * (images.shape.rank - 1))
+    labels = tf.pad(tf.cast(tf.reshape(labels, [-1]), tf.int32), [[0, extra]],
+                    constant_values=-1)
+    valid = tf.range(batch_size) < rows
+    images = tf.ensure_shape(images, [batch_size, *images.shape[1:]])
+    return images, tf.ensure_shape(labels, [batch_size]), valid
+  @tf.autograph.experimental.do_not_convert  # Plain ops.
+  def pad_element(*batch):
+    return pad(*as_pair(batch[0] if len(batch) == 1 else batch))
+  return dataset.map(pad_element)
+
+
+def first_batch_size(dataset: tf.data.Dataset) -> Optional[int]:
+  """Rows of the dataset's first batch (its static batch size when it has one); None
+  when the dataset is empty."""
+  images, _ = as_pair(dataset.element_spec)
+  if images.shape[0] is not None:
+    return int(images.shape[0])
+  for batch in dataset.take(1):
+    return int(as_pair(batch)[0].shape[0])
+  return None
+
+
+def summed_step(step: Callable[[tf.Tensor, tf.Tensor, tf.Tensor], Dict[str, tf.Tensor]],
+                strategy: tf.distribute.Strategy, jit_compile: bool = False):
+  """Compiles `step(images, labels, valid) -> {name: tensor}` to run on every replica of
   `strategy` and return each output summed over the replicas.
 
-  Compile once and feed it any number of datasets with the same element shapes (as the
-  robustness report does, one per corruption): each new compiled function costs a trace
-  of the model.
+  `jit_compile`: the replica step is compiled by XLA (see
+  `noisy_student.train.distribute.compile_step`). Compile once and feed it any number of
+  datasets with the same element shapes (as the robustness report does, one per
+  corruption): each new compiled function costs a trace of the model.
   """
-  @tf.function(reduce_retracing=True)  # The last batch is usually partial.
+  compiled = distribute.compile_step(step, jit_compile, strategy)
+
+  def replica_step(*batch):
+    outputs = compiled(*batch)
+    distribute.check_step_tensors(
+        {k: tf.TensorSpec(v.shape, v.dtype) for k, v in outputs.items()},
+        "a summed step's outputs")
+    return outputs
+
+  # No autograph: the steps are tensor ops without Python control flow, and converting
+  # them only costs tracing time (and once resolved `count` to a converted step: an
+  # AutoGraph cache mix-up seen in a long test session).
+  @tf.function(autograph=False)
   def run(batch):
-    outputs = strategy.run(step, args=as_pair(batch))
+    outputs = strategy.run(replica_step, args=batch)
     return {name: strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None)
             for name, value in outputs.items()}
   return run
 
 
 def sum_over_dataset(run, dataset: tf.data.Dataset, strategy: tf.distribute.Strategy, *,
-                     what: str = "eval", log_every_n_batches: int = 50
-                     ) -> Dict[str, np.ndarray]:
+                     batch_size: Optional[int] = None, what: str = "eval",
+                     log_every_n_batches: int = 50) -> Dict[str, np.ndarray]:
   """Feeds every batch of `dataset` to `run` (from `summed_step`) and adds up its outputs.
 
-  The step's "images" output counts the images it used; progress lines report them per
-  second. Returns {} for an empty dataset.
+  Batches are padded to `batch_size` rows (None: the first batch's size; rounded up to
+  a multiple of the replicas) by `pad_batches`, so `run` is traced once. The step's
+  "images" output counts the images it used; progress lines report them per second.
+  Returns {} for an empty dataset.
   """
+  batch_size = batch_size or first_batch_size(dataset)
+  if batch_size is None:
+    return {}
+  padded = pad_batches(dataset, static_batch_size(batch_size, strategy))
+  distribute.check_step_tensors(padded.element_spec, what)
   totals: Dict[str, np.ndarray] = {}
   start = time.time()
-  for i, batch in enumerate(strategy.experimental_distribute_dataset(dataset)):
+  for i, batch in enumerate(strategy.experimental_distribute_dataset(padded)):
     for name, value in run(batch).items():
-      totals[name] = totals.get(name, 0) + value.numpy()
+      value = value.numpy()  # Widened here: a step's int32 / float32 would overflow.
+      value = value.astype(np.float64 if value.dtype.kind == "f" else np.int64)
+      totals[name] = totals.get(name, 0) + value
     if log_every_n_batches and (i + 1) % log_every_n_batches == 0:
       seen = int(totals.get("images", 0))
       logging.info("%s: %d images, %.1f images/s", what, seen, seen / (time.time() - start))
@@ -120,6 +183,7 @@ def sum_over_dataset(run, dataset: tf.data.Dataset, strategy: tf.distribute.Stra
 def evaluate(model: keras.Model, dataset: tf.data.Dataset, *,
              class_names: Optional[Sequence[str]] = None,
              strategy: Optional[tf.distribute.Strategy] = None,
+             jit_compile: Optional[bool] = None, batch_size: Optional[int] = None,
              log_every_n_batches: int = 50) -> EvalResult:
   """Measures `model` on `dataset`.
 
@@ -127,22 +191,28 @@ def evaluate(model: keras.Model, dataset: tf.data.Dataset, *,
     model: logits model on float32 [batch, S, S, 3] 0..255 images (built, under
       `strategy.scope()` when a strategy is given).
     dataset: batched `(images, labels)` tuples or `{"image", "label"}` dicts; labels int,
-      -1 for unknown (skipped). Batches are the global batch size.
+      -1 for unknown (skipped). Batches are the global batch size; a smaller last batch
+      is padded (`pad_batches`).
     class_names: names of the model's classes; default "0", "1", ...
     strategy: tf.distribute strategy to run under; default: the current one.
+    jit_compile: compile the step with XLA; None: `--jit_compile=auto` for `strategy`.
+    batch_size: the dataset's batch size; None reads it from the first batch.
     log_every_n_batches: progress line period (images per second).
 
   Returns:
     An `EvalResult`. Raises ValueError when the dataset has no labeled image.
   """
   strategy = strategy or tf.distribute.get_strategy()
+  if jit_compile is None:
+    jit_compile = distribute.resolve_jit_compile("auto", strategy)
   num_classes = int(model.output_shape[-1])
   names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
   if len(names) != num_classes:
     raise ValueError(f"evaluate: {len(names)} class names for {num_classes} model outputs")
   k = min(5, num_classes)
-  run = summed_step(_make_step(model, num_classes, k), strategy)
-  sums = sum_over_dataset(run, dataset, strategy, log_every_n_batches=log_every_n_batches)
+  run = summed_step(_make_step(model, num_classes, k), strategy, jit_compile)
+  sums = sum_over_dataset(run, dataset, strategy, batch_size=batch_size,
+                          log_every_n_batches=log_every_n_batches)
   total = int(sums.get("images", 0))
   if total == 0:
     raise ValueError("evaluate: the eval data holds no labeled image")

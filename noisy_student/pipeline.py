@@ -65,6 +65,11 @@ class Context:
       self._strategy = distribute.make_strategy(self.cfg.distribute)
     return self._strategy
 
+  @property
+  def jit_compile(self) -> bool:
+    """--jit_compile resolved for this run's strategy (eval, predict, robustness)."""
+    return distribute.resolve_jit_compile(self.cfg.distribute.jit_compile, self.strategy)
+
   def source(self, which: str) -> sources.Source:
     """'label', 'unlabel' or 'eval': the source of that flag, opened once."""
     if which not in self._sources:
@@ -203,7 +208,8 @@ def check_teacher(ctx: Context, teacher: TrainedModel, held_out: float) -> Teach
       ctx.load(teacher), ctx.source("label"), model_dir=teacher.directory,
       image_size=teacher.image_size, small_image=teacher.small_image,
       batch_size=ctx.cfg.predict.eval_batch_size, epochs=epochs,
-      length_flag=_teacher_length_flag(ctx.cfg), strategy=ctx.strategy)
+      length_flag=_teacher_length_flag(ctx.cfg), strategy=ctx.strategy,
+      jit_compile=ctx.jit_compile)
   return dataclasses.replace(result, held_out_accuracy=held_out)
 
 
@@ -258,7 +264,8 @@ def evaluate_model(ctx: Context, model: TrainedModel, name: str) -> Evaluation:
                      f"..., the model {model.path} {names[:5]}...; they must match")
   ds = _eval_data(ctx, model)
   keras_model = ctx.load(model)
-  result = evaluate_lib.evaluate(keras_model, ds, class_names=names, strategy=ctx.strategy)
+  result = evaluate_lib.evaluate(keras_model, ds, class_names=names, strategy=ctx.strategy,
+                                 jit_compile=ctx.jit_compile)
   report = evaluate_lib.write_report(result, ctx.path("eval"), name=name,
                                      step=model.global_step)
   extra = (_robustness(ctx, model, name, keras_model, ds) if ctx.cfg.robustness.enabled
@@ -284,7 +291,7 @@ def _robustness(ctx: Context, model: TrainedModel, name: str, keras_model, ds
   result = robustness.evaluate_robustness(
       keras_model, ds, ctx.cfg.robustness, image_size=model.image_size, baseline=baseline,
       strategy=ctx.strategy, batch_size=ctx.cfg.predict.eval_batch_size, name=name,
-      seed=ctx.cfg.data.seed)
+      seed=ctx.cfg.data.seed, jit_compile=ctx.jit_compile)
   if baseline is None and name == "teacher":
     robustness.normalise(result, result)
   path = robustness.write_report(result, ctx.path("eval"), name=name,
@@ -319,7 +326,8 @@ def _baseline_model_report(ctx: Context, path: str) -> Dict[str, Any]:
   result = robustness.evaluate_robustness(
       ctx.load(model), _eval_data(ctx, model), ctx.cfg.robustness,
       image_size=model.image_size, strategy=ctx.strategy,
-      batch_size=ctx.cfg.predict.eval_batch_size, name="baseline", seed=ctx.cfg.data.seed)
+      batch_size=ctx.cfg.predict.eval_batch_size, name="baseline", seed=ctx.cfg.data.seed,
+      jit_compile=ctx.jit_compile)
   result["model_path"] = path
   robustness.write_report(robustness.normalise(result, result), ctx.path("eval"),
                           name="baseline")
@@ -335,7 +343,8 @@ def predict_pseudo_labels(ctx: Context, teacher: TrainedModel, output_dir: str,
   summary = predict_lib.predict(
       ctx.load(teacher), ctx.source("unlabel"), pcfg, image_size=teacher.image_size,
       class_names=names, num_label_classes=len(names), strategy=ctx.strategy,
-      teacher_id=teacher.path, small_image=teacher.small_image)
+      teacher_id=teacher.path, small_image=teacher.small_image,
+      jit_compile=ctx.jit_compile)
   return PseudoLabels(output_dir=output_dir, records_written=summary.records_written,
                       corrupt_skipped=summary.corrupt_skipped)
 
@@ -472,6 +481,7 @@ def run_pipeline(cfg: config_lib.Config, ctx: Optional[Context] = None
   teacher = model
   checked = phase("check-teacher", {"model": teacher}, lambda: check_teacher(
       ctx, teacher, rows[0]["top1"]), TeacherCheck, last=True)
+  first = None  # The first iteration's filtered set (--reassign_label relabels it).
   for i, name in enumerate(cfg.student_model_names, start=1):
     teacher, ratio = model, student_ratio(cfg, i)
     pseudo = phase(f"predict-{i}", {"teacher": teacher, **fp["predict"]},

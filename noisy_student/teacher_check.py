@@ -75,12 +75,13 @@ def diagnose(train_accuracy: float, num_classes: int, rising: Optional[float],
 
 
 def check(model, labeled_source, *, model_dir: str, image_size: int, small_image: bool,
-          batch_size: int, epochs: float, length_flag: str, strategy=None) -> TeacherCheck:
+          batch_size: int, epochs: float, length_flag: str, strategy=None,
+          jit_compile: bool = False) -> TeacherCheck:
   """Measures the teacher (EMA weights, eval mode) on its labeled images and warns."""
   ds = datasets.eval_dataset(labeled_source, image_size=image_size, batch_size=batch_size,
                              small_image=small_image)
   ds = ds.take(math.ceil(MAX_IMAGES / batch_size))
-  result = evaluate_lib.evaluate(model, ds, strategy=strategy,
+  result = evaluate_lib.evaluate(model, ds, strategy=strategy, jit_compile=jit_compile,
                                  class_names=labeled_source.class_names)
   num_classes = int(model.output_shape[-1])
   rising = rise(training_curve(model_dir))

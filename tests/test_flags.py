@@ -102,6 +102,15 @@ def test_unset_unlabel_ratio_is_a_teacher_in_train_and_3_for_pipeline_students(t
   assert pipeline.student_ratio(cfg, 1) == config_lib.DEFAULT_STUDENT_UNLABEL_RATIO
   cfg = _config("--mode=pipeline", "--unlabel_ratio=7", f"--label_data_dir={tmp_path}")
   assert pipeline.student_ratio(cfg, 1) == 7.0
+def test_jit_compile_flag_reaches_the_config_and_is_checked():
+  assert _config().distribute.jit_compile == "auto"
+  cfg = _config("--jit_compile=false")
+  assert cfg.distribute.jit_compile == "false" and checks.problems(cfg) == []
+  bad = dataclasses.replace(cfg, distribute=dataclasses.replace(cfg.distribute,
+                                                                jit_compile="yes"))
+  assert "--jit_compile=yes: unknown yes; known: auto, true, false" in checks.problems(bad)
+
+
 
 
 @pytest.mark.parametrize("argv, expected", [
@@ -116,6 +125,10 @@ def test_unset_unlabel_ratio_is_a_teacher_in_train_and_3_for_pipeline_students(t
     (["--label_data_dir=/no/such/folder"], "--label_data_dir=/no/such/folder: no such file"),
     (["--use_tpu", "--strategy=mirrored"], "--use_tpu conflicts with --strategy=mirrored"),
     (["--use_tpu", "--tpu=x"], "--model_dir=runs/default: a TPU reads and writes only gs://"),
+    (["--use_tpu", "--model_dir=gs://b/run", "--label_data_dir=/data/train"],
+     "--label_data_dir=/data/train: a TPU reads and writes only gs://"),
+    (["--use_tpu", "--model_dir=gs://b/run", "--tfds_data_dir=/data/tfds",
+      "--label_data_dir=tfds:mnist:train"], "--tfds_data_dir=/data/tfds: a TPU reads"),
     (["--use_bfloat16", "--dtype_policy=mixed_float16"], "--use_bfloat16 conflicts with"),
     (["--mode=train", "--unlabel_ratio=2"], "--unlabel_ratio=2 trains a student"),
     (["--mode=train", "--teacher_model_path=/no/t"], "give --unlabel_ratio > 0"),

@@ -18,6 +18,7 @@ from noisy_student.config import DataConfig, DistributeConfig, ModelConfig, Trai
 from noisy_student.data import sources
 from noisy_student.train import checkpoints
 from noisy_student.train import inputs
+from noisy_student.train import steps as steps_lib
 from noisy_student.train import load_for_inference, read_build_config, train
 
 WORKER = os.path.join(os.path.dirname(__file__), "_train_worker.py")
@@ -49,13 +50,20 @@ def _scalars(model_dir, tag):
 def teacher_run(tmp_path_factory):
   model_dir = tmp_path_factory.mktemp("teacher")
   keras.utils.set_random_seed(0)
-  result = train(MODEL, DATA, _cfg(model_dir), DistributeConfig(strategy="default"),
-                 labeled_source=make_records(128), class_names=NAMES)
-  return model_dir, result
+  multi_steps = []
+  with pytest.MonkeyPatch.context() as patch:  # Keeps the compiled loop of steps.
+    real = steps_lib.make_multi_step
+    patch.setattr(steps_lib, "make_multi_step",
+                  lambda *args: multi_steps.append(real(*args)) or multi_steps[-1])
+    result = train(MODEL, DATA, _cfg(model_dir), DistributeConfig(strategy="default"),
+                   labeled_source=make_records(128), class_names=NAMES)
+  return model_dir, result, multi_steps
 
 
 def test_teacher_training_reduces_the_loss_and_writes_its_outputs(teacher_run):
-  model_dir, result = teacher_run
+  model_dir, result, multi_steps = teacher_run
+  # 30 steps of 16 over 128 images: 3 epoch boundaries, one trace (static shapes).
+  assert [f.experimental_get_tracing_count() for f in multi_steps] == [1]
   assert (result.global_step, result.start_step, result.mode) == (30, 0, "supervised")
   losses = _scalars(str(model_dir), "loss")  # Mean over each call of 5 steps.
   assert sorted(losses) == [5, 10, 15, 20, 25, 30]
@@ -69,7 +77,7 @@ def test_teacher_training_reduces_the_loss_and_writes_its_outputs(teacher_run):
 
 
 def test_inference_model_holds_the_ema_weights_and_classifies(teacher_run):
-  model_dir, result = teacher_run
+  model_dir, result, _ = teacher_run
   restored = load_for_inference(str(model_dir))
   final = load_for_inference(result.final_model_path)
   images, labels = make_images(64, seed=7)
@@ -154,7 +162,7 @@ def test_dataset_fn_starts_at_the_resumed_step():
 
 @pytest.mark.slow
 def test_nan_loss_stops_without_touching_the_last_checkpoint(teacher_run, tmp_path):
-  model_dir, result = teacher_run
+  model_dir, result, _ = teacher_run
   before = open(result.checkpoint_path + ".index", "rb").read()
   nan_images = tf.data.Dataset.from_tensor_slices(
       (tf.fill([32, 32, 32, 3], float("nan")), tf.zeros([32], tf.int64)))
@@ -167,7 +175,7 @@ def test_nan_loss_stops_without_touching_the_last_checkpoint(teacher_run, tmp_pa
 
 @pytest.mark.slow
 def test_student_with_on_the_fly_teacher(teacher_run, tmp_path):
-  teacher_dir, _ = teacher_run
+  teacher_dir, _, _ = teacher_run
   cfg = _cfg(tmp_path, train_steps=4, unlabel_ratio=2.0, teacher_model_path=str(teacher_dir),
              iterations_per_loop=2, save_checkpoints_steps=2, teacher_softmax_temp=-1)
   result = train(MODEL, DATA, cfg, DistributeConfig("default"),

@@ -11,8 +11,9 @@ the others. Batches are padded to a fixed size, so the teacher's output for an i
 not depend on where a run started.
 
 Modules: `run` (flags, fingerprint, shard plan, `predict`), `stream` (decoded batches, the
-teacher's step, which also serializes the records), `sink` (the writer thread routing
-records into shards and manifests).
+teacher's step: a numeric part on the replicas, XLA-compiled with --jit_compile, then
+serialization of the records on the host), `sink` (the writer thread routing records
+into shards and manifests).
 """
 from noisy_student.predict.run import (PredictSummary, default_preprocess, make_fingerprint,
                                        predict, shard_ranges)

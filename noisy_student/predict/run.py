@@ -12,6 +12,7 @@ import tensorflow as tf
 from noisy_student.config import PredictConfig
 from noisy_student.predict import sink as sink_lib
 from noisy_student.predict import stream
+from noisy_student.train import distribute
 from tfrecords import format as fmt
 
 PreprocessFn = stream.PreprocessFn
@@ -130,7 +131,8 @@ def predict(model: Any, source: Any, predict_cfg: PredictConfig, *, image_size: 
             preprocess_fn: Optional[PreprocessFn] = None, small_image: bool = False,
             prefix: str = "train",
             num_bins: int = fmt.DEFAULT_NUM_BINS,
-            log_every_secs: float = 30.0) -> PredictSummary:
+            log_every_secs: float = 30.0,
+            jit_compile: Optional[bool] = None) -> PredictSummary:
   """Writes this worker's pseudo-label shards into `predict_cfg.output_dir`.
 
   Args:
@@ -152,6 +154,8 @@ def predict(model: Any, source: Any, predict_cfg: PredictConfig, *, image_size: 
     prefix: shard file prefix.
     num_bins: confidence histogram bins in each manifest.
     log_every_secs: progress log period.
+    jit_compile: compile the teacher's step with XLA; None: `--jit_compile=auto` for
+      `strategy`.
 
   Returns:
     A PredictSummary. Raises ValueError on bad flags, a class-count mismatch, or an
@@ -174,7 +178,9 @@ def predict(model: Any, source: Any, predict_cfg: PredictConfig, *, image_size: 
   bounds, paths, needed = _plan_shards(source, cfg, out, names, prefix, fingerprint)
   preprocess_fn = preprocess_fn or default_preprocess(image_size, small_image)
   ds = stream.build_dataset(source, cfg, bounds, needed, preprocess_fn)
-  step = stream.make_step(model, strategy, cfg.eval_batch_size, ds.element_spec)
+  if jit_compile is None:
+    jit_compile = distribute.resolve_jit_compile("auto", strategy)
+  step = stream.make_step(model, strategy, cfg.eval_batch_size, ds.element_spec, jit_compile)
   sink = sink_lib.ShardSink(paths, bounds, needed, num_classes, fingerprint,
                             stream.corrupt_ids(source, cfg, preprocess_fn))
   todo = int(sum(bounds[k + 1] - bounds[k] for k in np.flatnonzero(needed)))

@@ -2,9 +2,10 @@
 
 On a CPU-only host every cycle spent outside the teacher is taken from it, so the stream
 does per-batch work in TF ops and keeps the teacher's thread to dispatching steps:
-images never become numpy arrays, and the step itself serializes the records
-(`tfrecords.format.serialize_batch`); the writer thread (`sink.run_writer`) only writes
-bytes.
+images never become numpy arrays, and one host function per batch runs the teacher on
+every replica (the numeric part, XLA-compiled with --jit_compile) and then serializes
+the records (`tfrecords.format.serialize_batch`) outside the compiled part; the writer
+thread (`sink.run_writer`) only writes bytes.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ import tensorflow as tf
 
 from noisy_student.config import PredictConfig
 from noisy_student.predict import sink as sink_lib
+from noisy_student.train import distribute
 from tfrecords import format as fmt
 
 PreprocessFn = Callable[[tf.Tensor], tf.Tensor]
@@ -69,39 +71,51 @@ Step = Callable[[Dict[str, tf.Tensor]], Sequence[tf.Tensor]]
 
 
 def make_step(model: Any, strategy: tf.distribute.Strategy, batch_size: int,
-              element_spec: Dict[str, Any]) -> Step:
+              element_spec: Dict[str, Any], jit_compile: bool = False) -> Step:
   """{image, image/encoded, id, label} batch -> (records, classes, confidence), [k] each.
 
   Records hold softmax(logits) at T = 1 (as the original's predict_label.py:136-141 and
   main.py:462); the student's temperature is applied in training. The teacher always
   sees `batch_size` images (a short batch is padded), split over the replicas, so it is
-  traced once and an image's label does not depend on its batch.
+  traced once and an image's label does not depend on its batch. `jit_compile`: the
+  teacher's part (images -> probabilities) is compiled by XLA.
   """
   spec = {k: element_spec[k] for k in _STEP_KEYS}
-  key = (id(strategy), batch_size, tuple(sorted(spec.items())))
+  key = (id(strategy), batch_size, jit_compile, tuple(sorted(spec.items())))
   steps = _STEPS.setdefault(model, {})
   if key not in steps:  # The strategy is kept with its step so its id stays unique.
-    steps[key] = (_new_step(model, strategy, batch_size, spec), strategy)
+    steps[key] = (_new_step(model, strategy, batch_size, spec, jit_compile), strategy)
   return steps[key][0]
 
 
-def _new_step(model: Any, strategy: tf.distribute.Strategy, batch_size: int,
-              spec: Dict[str, tf.TensorSpec]) -> Step:
-  n = strategy.num_replicas_in_sync
-
+def _teacher_fn(model: Any):
+  """images [b, S, S, 3] -> (probabilities [b, C], classes int32 [b], confidence [b]):
+  the numeric part of the step, the only one a replica (and XLA) runs."""
   def replica_fn(images):
     logits = tf.cast(model(images, training=False), tf.float32)  # Un-noised teacher.
     probs = tf.nn.softmax(logits)
-    return probs, tf.argmax(logits, axis=-1), tf.reduce_max(probs, axis=-1)
+    classes = tf.argmax(logits, axis=-1, output_type=tf.int32)
+    return probs, classes, tf.reduce_max(probs, axis=-1)
+  return replica_fn
 
-  # No autograph: the step has no tensor-dependent Python control flow, and converting
-  # the model's call only costs tracing time.
+
+def _new_step(model: Any, strategy: tf.distribute.Strategy, batch_size: int,
+              spec: Dict[str, tf.TensorSpec], jit_compile: bool) -> Step:
+  n = strategy.num_replicas_in_sync
+  image_spec = tf.TensorSpec([batch_size, *spec["image"].shape[1:]], spec["image"].dtype)
+  distribute.check_step_tensors(image_spec, "predict's teacher step")
+  replica_fn = distribute.compile_step(_teacher_fn(model), jit_compile, strategy)
+
+  # One host function per batch: pad, run the replicas' numeric step, then serialize the
+  # records here, outside the compiled part (strings have no place on an accelerator).
+  # No autograph: no tensor-dependent Python control flow, and converting the model's
+  # call only costs tracing time.
   @tf.function(autograph=False, input_signature=[spec])
   def step(batch):
     images = batch["image"]
     k = tf.shape(images)[0]
     images = tf.pad(images, [[0, batch_size - k], [0, 0], [0, 0], [0, 0]])
-    parts = tf.split(tf.ensure_shape(images, [batch_size] + images.shape[1:]), n)
+    parts = tf.split(tf.ensure_shape(images, image_spec.shape), n)
     per_replica = strategy.experimental_distribute_values_from_function(
         lambda ctx: parts[ctx.replica_id_in_sync_group])
     out = strategy.run(replica_fn, args=(per_replica,))
@@ -110,6 +124,7 @@ def _new_step(model: Any, strategy: tf.distribute.Strategy, batch_size: int,
     # MirroredStrategy made earlier in the same process (a training phase's).
     probs, classes, confidence = (
         tf.concat(strategy.experimental_local_results(t), axis=0)[:k] for t in out)
+    classes = tf.cast(classes, tf.int64)
     records = fmt.serialize_batch(batch["image/encoded"], batch["id"], batch["label"],
                                   probs, classes, confidence)
     return records, classes, confidence

@@ -37,33 +37,30 @@ def attack(images: tf.Tensor, sign: tf.Tensor, epsilon) -> tf.Tensor:
 
 
 def make_step(model: keras.Model, epsilons: Sequence[float]):
-  """One replica's batch -> {"images": labeled count, "correct": int64 [len(epsilons)]}.
+  """One replica's batch (images, labels, valid) -> {"images": labeled count, "correct":
+  int32 [len(epsilons)]}.
 
-  Unlabeled images (label -1) are left out, as in `evaluate`.
+  Padding rows (valid False) and unlabeled images (label -1) count nowhere, as in
+  `evaluate`. In inference mode every row's gradient depends on that row only, so they
+  change no other row's attack.
   """
   epsilons = [float(e) for e in epsilons]
 
-  def step(images, labels) -> Dict[str, tf.Tensor]:
-    labels = tf.cast(tf.reshape(labels, [-1]), tf.int32)
-    keep = labels >= 0
-    images, labels = tf.boolean_mask(images, keep), tf.boolean_mask(labels, keep)
+  def step(images, labels, valid) -> Dict[str, tf.Tensor]:
+    keep = tf.logical_and(valid, labels >= 0)
+    labels = tf.where(keep, labels, 0)
     images = tf.cast(images, tf.float32)
+    sign = gradient_sign(model, images, labels)
 
-    def all_epsilons():
-      sign = gradient_sign(model, images, labels)
+    def correct(eps):
+      logits = model(attack(images, sign, eps), training=False)
+      predicted = tf.argmax(logits, axis=-1, output_type=tf.int32)
+      return evaluate.count(tf.logical_and(keep, tf.equal(predicted, labels)))
 
-      def correct(eps):
-        logits = model(attack(images, sign, eps), training=False)
-        predicted = tf.argmax(logits, axis=-1, output_type=tf.int32)
-        return tf.reduce_sum(tf.cast(tf.equal(predicted, labels), tf.int64))
-
-      # A loop, not one model call per eps in the graph: each copy of the model in a
-      # compiled function costs seconds of graph optimisation. One eps at a time bounds
-      # the memory to one batch.
-      return tf.map_fn(correct, tf.constant(epsilons, tf.float32),
-                       fn_output_signature=tf.int64, parallel_iterations=1)
-
-    hits = evaluate.if_not_empty(images, all_epsilons,
-                                 lambda: tf.zeros([len(epsilons)], tf.int64))
-    return {"images": tf.size(labels, out_type=tf.int64), "correct": hits}
+    # A loop, not one model call per eps in the graph: each copy of the model in a
+    # compiled function costs seconds of graph optimisation. One eps at a time bounds
+    # the memory to one batch.
+    hits = tf.map_fn(correct, tf.constant(epsilons, tf.float32),
+                     fn_output_signature=tf.int32, parallel_iterations=1)
+    return {"images": evaluate.count(keep), "correct": hits}
   return step

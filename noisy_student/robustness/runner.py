@@ -1,10 +1,11 @@
 """Runs the robustness passes of one model over a batched eval dataset.
 
 Each corruption and severity is a `map` over the clean eval images (parallel) feeding one
-compiled step that counts top-1 hits on every replica of a tf.distribute strategy. The
-randomness is drawn per chunk of SEED_CHUNK images, seeded by the chunk's index, so every
-run sees the same corrupted images whatever its eval batch size or strategy: a baseline
-report made on another machine is comparable. Perturbation sequences are made the same
+compiled step (XLA with --jit_compile; batches padded to one static size, so each step
+is traced once for all passes) that counts top-1 hits on every replica of a
+tf.distribute strategy. The randomness is drawn per chunk of SEED_CHUNK images, seeded
+by the chunk's index, so every run sees the same corrupted images whatever its eval
+batch size or strategy: a baseline report made on another machine is comparable. Perturbation sequences are made the same
 way, in batches of videos sized so that videos x frames stays near the eval batch size.
 FGSM takes one gradient per batch and scores every eps from it.
 """
@@ -24,6 +25,7 @@ from noisy_student.robustness import corruptions
 from noisy_student.robustness import fgsm
 from noisy_student.robustness import metrics
 from noisy_student.robustness import perturbations
+from noisy_student.train import distribute
 
 AUTOTUNE = tf.data.AUTOTUNE
 # Clean eval images up to this size stay in memory after the first pass: every later pass
@@ -59,47 +61,48 @@ def _seed(seed: int, what: str, index) -> tf.Tensor:
 
 
 def _count_step(model: keras.Model):
-  """Batch -> {"images": labeled count, "correct": top-1 hits}; label -1 is skipped."""
-  def step(images, labels):
-    labels = tf.cast(tf.reshape(labels, [-1]), tf.int32)
+  """Batch -> {"images": labeled count, "correct": top-1 hits}; padding rows and label
+  -1 are skipped."""
+  def step(images, labels, valid):
     predicted = tf.argmax(evaluate.logits_of(model, images), axis=-1, output_type=tf.int32)
-    keep = labels >= 0
-    hits = tf.logical_and(keep, tf.equal(predicted, labels))
-    return {"images": tf.reduce_sum(tf.cast(keep, tf.int64)),
-            "correct": tf.reduce_sum(tf.cast(hits, tf.int64))}
+    keep = tf.logical_and(valid, labels >= 0)
+    return {"images": evaluate.count(keep),
+            "correct": evaluate.count(tf.logical_and(keep, tf.equal(predicted, labels)))}
   return step
 
 
-def _sum64(values: tf.Tensor) -> tf.Tensor:
-  return tf.reduce_sum(tf.cast(values, tf.float64))
-
-
 def _flip_step(model: keras.Model):
-  """Videos [b, T, H, W, 3] -> summed per-video flip probabilities, both ways of counting."""
-  def step(videos, labels):
+  """Videos [b, T, H, W, 3] -> summed per-video flip probabilities, both ways of counting
+  (padding videos left out)."""
+  def step(videos, labels, valid):
     del labels  # ImageNet-P scores stability, not correctness.
-    shape = tf.shape(videos)
-    logits = evaluate.logits_of(model, tf.reshape(videos, tf.concat([[-1], shape[2:]], 0)))
-    predicted = tf.reshape(tf.argmax(logits, axis=-1, output_type=tf.int32), shape[:2])
-    return {"images": tf.cast(shape[0] * shape[1], tf.int64),
-            "videos": tf.cast(shape[0], tf.int64),
-            "vs_first": _sum64(perturbations.flip_probability(predicted, True)),
-            "vs_previous": _sum64(perturbations.flip_probability(predicted, False))}
+    batch, frames = videos.shape[0], videos.shape[1]
+    logits = evaluate.logits_of(model, tf.reshape(videos, [-1, *videos.shape[2:]]))
+    predicted = tf.reshape(tf.argmax(logits, axis=-1, output_type=tf.int32),
+                           [batch, frames])
+    weight = tf.cast(valid, tf.float32)  # float32: TPUs have no float64.
+
+    def flips(noise):
+      return tf.reduce_sum(perturbations.flip_probability(predicted, noise) * weight)
+    videos_used = evaluate.count(valid)
+    return {"images": videos_used * frames, "videos": videos_used,
+            "vs_first": flips(True), "vs_previous": flips(False)}
   return step
 
 
 class _Passes:
   """The compiled steps of one model and the loop that feeds them."""
 
-  def __init__(self, model, strategy, epsilons):
+  def __init__(self, model, strategy, epsilons, jit_compile: bool):
     self.strategy = strategy
-    self.count = evaluate.summed_step(_count_step(model), strategy)
-    self.flips = evaluate.summed_step(_flip_step(model), strategy)
-    self.fgsm = evaluate.summed_step(fgsm.make_step(model, epsilons), strategy)
+    self.count = evaluate.summed_step(_count_step(model), strategy, jit_compile)
+    self.flips = evaluate.summed_step(_flip_step(model), strategy, jit_compile)
+    self.fgsm = evaluate.summed_step(fgsm.make_step(model, epsilons), strategy, jit_compile)
 
-  def run(self, step, dataset, what: str) -> Dict[str, Any]:
+  def run(self, step, dataset, what: str, batch_size: int) -> Dict[str, Any]:
     start = time.time()
-    sums = evaluate.sum_over_dataset(step, dataset, self.strategy, what=what)
+    sums = evaluate.sum_over_dataset(step, dataset, self.strategy, batch_size=batch_size,
+                                     what=what)
     if not sums or int(sums["images"]) == 0:
       raise ValueError("robustness: the eval data holds no labeled image")
     seconds = time.time() - start
@@ -107,8 +110,8 @@ class _Passes:
                  int(sums["images"]), seconds, int(sums["images"]) / max(seconds, 1e-9))
     return sums
 
-  def error(self, dataset, what: str) -> float:
-    sums = self.run(self.count, dataset, what)
+  def error(self, dataset, what: str, batch_size: int) -> float:
+    sums = self.run(self.count, dataset, what, batch_size)
     return 1.0 - float(sums["correct"]) / float(sums["images"])
 
 
@@ -142,15 +145,14 @@ def _corrupted(ds, name: str, severity: int, seed: int, batch_size: int):
       lambda images, s: corruptions.corrupt(images, name, severity, s), batch_size)
 
 
+def _videos_per_batch(frames: int, batch_size: int) -> int:
+  return max(1, batch_size // frames)
+
+
 def _videos(ds, name: str, frames: int, batch_size: int, seed: int):
   return _seeded_chunks(ds, name, seed,
                         lambda images, s: perturbations.sequences(images, name, frames, s),
-                        max(1, batch_size // frames))
-
-
-def _batch_size(ds: tf.data.Dataset) -> int:
-  images, _ = next(iter(ds))
-  return int(images.shape[0])
+                        _videos_per_batch(frames, batch_size))
 
 
 def evaluate_robustness(model: keras.Model, dataset: tf.data.Dataset,
@@ -158,7 +160,8 @@ def evaluate_robustness(model: keras.Model, dataset: tf.data.Dataset,
                         baseline: Optional[dict] = None,
                         strategy: Optional[tf.distribute.Strategy] = None,
                         batch_size: Optional[int] = None, name: str = "model",
-                        seed: int = 0) -> Dict[str, Any]:
+                        seed: int = 0, jit_compile: Optional[bool] = None
+                        ) -> Dict[str, Any]:
   """Corruption errors, perturbation flip rates and FGSM accuracy of `model`.
 
   Args:
@@ -173,6 +176,8 @@ def evaluate_robustness(model: keras.Model, dataset: tf.data.Dataset,
     batch_size: the dataset's batch size; None reads it from the first batch.
     name: the model's name in the report.
     seed: of the corruptions' and perturbations' randomness (the run's --seed).
+    jit_compile: compile the passes' steps with XLA; None: `--jit_compile=auto` for
+      `strategy`.
 
   Returns:
     A JSON-able dict: clean_error; corruptions[c] = {category, errors per severity (in
@@ -182,12 +187,16 @@ def evaluate_robustness(model: keras.Model, dataset: tf.data.Dataset,
     probabilities and accuracies are fractions; CE, FR and their means percentages.
   """
   strategy = strategy or tf.distribute.get_strategy()
+  if jit_compile is None:
+    jit_compile = distribute.resolve_jit_compile("auto", strategy)
   settings = settings_of(cfg, seed)
   start = time.time()
-  batch_size = batch_size or _batch_size(_as_pairs(dataset))
+  batch_size = batch_size or evaluate.first_batch_size(dataset)
+  if batch_size is None:
+    raise ValueError("robustness: the eval data holds no labeled image")
   ds = _pairs(dataset, cfg.max_images, batch_size)
-  passes = _Passes(model, strategy, settings["fgsm_epsilons"])
-  clean = passes.run(passes.count, ds, "clean")
+  passes = _Passes(model, strategy, settings["fgsm_epsilons"], jit_compile)
+  clean = passes.run(passes.count, ds, "clean", batch_size)
   if int(clean["images"]) * image_size * image_size * 3 * 4 <= CACHE_BYTES:
     ds = ds.cache()
   result = {"name": name, "image_size": int(image_size), "settings": settings,
@@ -195,18 +204,19 @@ def evaluate_robustness(model: keras.Model, dataset: tf.data.Dataset,
             "clean_error": 1.0 - float(clean["correct"]) / float(clean["images"]),
             "corruptions": {}, "perturbations": {}}
   for c in settings["corruptions"]:
-    errors = [passes.error(_corrupted(ds, c, s, seed, batch_size), f"{c} severity {s}")
-              for s in settings["severities"]]
+    errors = [passes.error(_corrupted(ds, c, s, seed, batch_size), f"{c} severity {s}",
+                           batch_size) for s in settings["severities"]]
     result["corruptions"][c] = {"category": corruptions.CORRUPTIONS[c].category,
                                 "errors": errors, "mean_error": sum(errors) / len(errors)}
   frames = settings["perturbation_frames"]
   for p in settings["perturbations"]:
-    sums = passes.run(passes.flips, _videos(ds, p, frames, batch_size, seed), p)
+    sums = passes.run(passes.flips, _videos(ds, p, frames, batch_size, seed), p,
+                      _videos_per_batch(frames, batch_size))
     key = "vs_first" if perturbations.PERTURBATIONS[p].noise else "vs_previous"
     result["perturbations"][p] = {"flip_probability": float(sums[key]) / int(sums["videos"])}
   result["fgsm"] = {"epsilons": settings["fgsm_epsilons"], "accuracy": []}
   if settings["fgsm_epsilons"]:
-    sums = passes.run(passes.fgsm, ds, "fgsm")
+    sums = passes.run(passes.fgsm, ds, "fgsm", batch_size)
     result["fgsm"]["accuracy"] = [float(c) / int(sums["images"]) for c in sums["correct"]]
   result["seconds"] = round(time.time() - start, 1)
   metrics.normalise(result, baseline)

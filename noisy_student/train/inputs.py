@@ -28,6 +28,7 @@ from noisy_student.config import DataConfig
 from noisy_student.data import datasets
 from noisy_student.data import preprocess
 import tfrecords
+from noisy_student.train import distribute
 
 SUPERVISED, STORED, TEACHER = "supervised", "stored", "teacher"
 _EPOCH_SEED_STRIDE = 1_000_003  # Keeps the shuffle seeds of consecutive epochs apart.
@@ -162,12 +163,15 @@ def make_dataset_fn(labeled, pseudo_labels, data_cfg: DataConfig, spec: InputSpe
     lab = lab.batch(spec.labeled_batch, drop_remainder=True).map(
         lambda x, y: {"image": tf.cast(x, tf.float32), "label": tf.cast(y, tf.int32)})
     if spec.mode == SUPERVISED:
-      return lab.prefetch(tf.data.AUTOTUNE)
-    unl = unlabeled_examples(pseudo_labels, data_cfg, spec, ctx,
-                             start * spec.unlabeled_batch)
-    unl = unl.batch(spec.unlabeled_batch, drop_remainder=True)
-    both = tf.data.Dataset.zip(lab, unl).map(lambda a, b: {**a, **b})
-    return both.prefetch(tf.data.AUTOTUNE)
+      ds = lab
+    else:
+      unl = unlabeled_examples(pseudo_labels, data_cfg, spec, ctx,
+                               start * spec.unlabeled_batch)
+      unl = unl.batch(spec.unlabeled_batch, drop_remainder=True).map(
+          lambda e: {k: tf.cast(v, tf.float32) for k, v in e.items()})
+      ds = tf.data.Dataset.zip(lab, unl).map(lambda a, b: {**a, **b})
+    distribute.check_step_tensors(ds.element_spec, "the training input")
+    return ds.prefetch(tf.data.AUTOTUNE)
 
   return dataset_fn
 

@@ -67,7 +67,14 @@ def make_replica_step(model: keras.Model, optimizer, cfg: TrainConfig, mode: str
       if scales_loss:
         scaled = optimizer.scale_loss(scaled)
     grads = tape.gradient(scaled, model.trainable_variables)
+    step = tf.identity(optimizer.iterations)
     optimizer.apply_gradients(zip(grads, model.trainable_variables))
+    if scales_loss:
+      # A LossScaleOptimizer skips the update when the scaled gradients overflow and then
+      # leaves `iterations` behind. The step still counts, as in TF1's loss-scale
+      # optimizer, so the global step (schedule, EMA, checkpoints, resume) stays the
+      # number of steps run.
+      optimizer.iterations.assign(step + 1)
     if ema is not None:
       ema.update(optimizer.iterations)
     num_labeled = tf.shape(batch["label"])[0]

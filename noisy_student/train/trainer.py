@@ -42,6 +42,7 @@ class TrainResult:
   images_per_second: float  # Over the run, compilation excluded.
   num_replicas: int
   mode: str  # "supervised", "stored" or "teacher".
+  jit_compile: bool = False  # Whether XLA compiled the step.
 
 
 @dataclasses.dataclass
@@ -121,6 +122,7 @@ def train(model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg: TrainConfig,
   """
   train_cfg = preflight.check_train_config(train_cfg)
   strategy = strategy or distribute.make_strategy(dist_cfg)
+  jit_compile = distribute.resolve_jit_compile(dist_cfg.jit_compile, strategy)
   model_cfg = distribute.resolve_model_config(model_cfg, dist_cfg, strategy)
   chief, ckpt_dir = preflight.chief_and_checkpoint_dir(strategy, train_cfg.model_dir)
   run = preflight.prepare_inputs(model_cfg, train_cfg, strategy, labeled_source,
@@ -141,7 +143,10 @@ def train(model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg: TrainConfig,
       state.model, state.optimizer, train_cfg, spec.mode,
       schedules.loss_weight_decay(train_cfg), strategy.num_replicas_in_sync, state.ema,
       state.teacher)
-  multi_step = steps_lib.make_multi_step(strategy, replica_step)
+  logging.info("Train step: XLA %s, %s.", "on" if jit_compile else "off",
+               model_cfg.dtype_policy)
+  multi_step = steps_lib.make_multi_step(
+      strategy, distribute.compile_step(replica_step, jit_compile, strategy))
   images_per_step = strategy.num_replicas_in_sync * (spec.labeled_batch +
                                                      spec.unlabeled_batch)
   loop = _Loop(train_cfg, state, chief, images_per_step, run.num_train_images,
@@ -156,7 +161,7 @@ def train(model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg: TrainConfig,
     logging.info("Wrote %s.", final_path)
   result = TrainResult(train_cfg.model_dir, global_step(state.optimizer), start_step,
                        state.manager.latest_checkpoint or "", final_path, metrics, rate,
-                       strategy.num_replicas_in_sync, spec.mode)
+                       strategy.num_replicas_in_sync, spec.mode, jit_compile)
   logging.info("Trained %s to step %d, mode %s (pseudo-labels: %s).", model_cfg.model_name,
                result.global_step, spec.mode, _PSEUDO_LABELS[spec.mode])
   return result
