@@ -117,9 +117,9 @@ def _end_to_end_fn(model, source, image_size: int, batch: int, out: str):
   runs = iter(range(1 << 20))
 
   def run():
-    cfg = PredictConfig(output_dir=os.path.join(out, f"run{next(runs)}"),
-                        eval_batch_size=batch, num_shards=8)
-    return predict.predict(model, source, cfg, image_size=image_size, teacher_id="bench")
+    cfg = PredictConfig(output_dir=os.path.join(out, f"run{next(runs)}"), num_shards=8)
+    return predict.predict(model, source, cfg, image_size=image_size, batch_size=batch,
+                           teacher_id="bench")
   run()  # Traces the step (cached per model) and warms up.
 
   # The whole call is timed: counting, pipeline set-up, all shards and manifests.

@@ -33,9 +33,8 @@ def child(data: str, out: str, image_size: int, num_image: int) -> None:
   keras.utils.set_random_seed(0)
   model = efficientnet.build_model("efficientnet-test", 10, image_size=image_size)
   source = sources.open_source(f"tfrecord:{data}")
-  summary = predict.predict(model, source, PredictConfig(output_dir=out, num_shards=8,
-                                                         eval_batch_size=128),
-                            image_size=image_size, teacher_id="bench")
+  summary = predict.predict(model, source, PredictConfig(output_dir=out, num_shards=8),
+                            image_size=image_size, batch_size=128, teacher_id="bench")
   result = balance.balance(out, FilterConfig(num_image=num_image, min_threshold=0.0))
   read = sum(1 for _ in plan.read_pseudo_labels(out, result.plan_path).batch(1024))
   peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KB on Linux.

@@ -260,14 +260,20 @@ class DistributeConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class EvalConfig:
+  """Forward passes without noise: evaluation, robustness and the teacher's labelling."""
+  eval_batch_size: int = setting(
+      256, "Global batch size of evaluation, robustness and prediction (a multiple of the "
+      "replicas; the original's flag, which its predict step used too).", check=greater(0))
+
+
+@dataclasses.dataclass(frozen=True)
 class PredictConfig:
   """The un-noised teacher labelling the unlabeled source."""
   predict_ckpt_path: Optional[str] = setting(
       None, "Teacher model_dir for --mode=predict; unset: --model_dir.")
   output_dir: Optional[str] = setting(
       None, "Where pseudo-label shards go; unset: <model_dir>/pseudo.")
-  eval_batch_size: int = setting(256, "Batch size of prediction and evaluation.",
-                                 check=greater(0))
   num_shards: int = setting(128, "Output shards per worker.", check=at_least(1))
   worker_index: int = setting(0, "This worker's index among --num_workers.",
                               aliases=("worker_id",), check=at_least(0))
@@ -412,6 +418,7 @@ class Config:
   data: DataConfig = DataConfig()
   train: TrainConfig = TrainConfig()
   distribute: DistributeConfig = DistributeConfig()
+  eval: EvalConfig = EvalConfig()
   predict: PredictConfig = PredictConfig()
   filter: FilterConfig = FilterConfig()
   export: ExportConfig = ExportConfig()

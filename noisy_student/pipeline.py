@@ -207,7 +207,7 @@ def check_teacher(ctx: Context, teacher: TrainedModel, held_out: float) -> Teach
   result = teacher_check.check(
       ctx.load(teacher), ctx.source("label"), model_dir=teacher.directory,
       image_size=teacher.image_size, small_image=teacher.small_image,
-      batch_size=ctx.cfg.predict.eval_batch_size, epochs=epochs,
+      batch_size=ctx.cfg.eval.eval_batch_size, epochs=epochs,
       length_flag=_teacher_length_flag(ctx.cfg), strategy=ctx.strategy,
       jit_compile=ctx.jit_compile)
   return dataclasses.replace(result, held_out_accuracy=held_out)
@@ -276,7 +276,7 @@ def evaluate_model(ctx: Context, model: TrainedModel, name: str) -> Evaluation:
 
 def _eval_data(ctx: Context, model: TrainedModel):
   return datasets.eval_dataset(ctx.source("eval"), image_size=model.image_size,
-                               batch_size=ctx.cfg.predict.eval_batch_size,
+                               batch_size=ctx.cfg.eval.eval_batch_size,
                                small_image=model.small_image)
 
 
@@ -290,7 +290,7 @@ def _robustness(ctx: Context, model: TrainedModel, name: str, keras_model, ds
   baseline = _robustness_baseline(ctx, name)
   result = robustness.evaluate_robustness(
       keras_model, ds, ctx.cfg.robustness, image_size=model.image_size, baseline=baseline,
-      strategy=ctx.strategy, batch_size=ctx.cfg.predict.eval_batch_size, name=name,
+      strategy=ctx.strategy, batch_size=ctx.cfg.eval.eval_batch_size, name=name,
       seed=ctx.cfg.data.seed, jit_compile=ctx.jit_compile)
   if baseline is None and name == "teacher":
     robustness.normalise(result, result)
@@ -326,7 +326,7 @@ def _baseline_model_report(ctx: Context, path: str) -> Dict[str, Any]:
   result = robustness.evaluate_robustness(
       ctx.load(model), _eval_data(ctx, model), ctx.cfg.robustness,
       image_size=model.image_size, strategy=ctx.strategy,
-      batch_size=ctx.cfg.predict.eval_batch_size, name="baseline", seed=ctx.cfg.data.seed,
+      batch_size=ctx.cfg.eval.eval_batch_size, name="baseline", seed=ctx.cfg.data.seed,
       jit_compile=ctx.jit_compile)
   result["model_path"] = path
   robustness.write_report(robustness.normalise(result, result), ctx.path("eval"),
@@ -342,6 +342,7 @@ def predict_pseudo_labels(ctx: Context, teacher: TrainedModel, output_dir: str,
   names = class_names_of(teacher)
   summary = predict_lib.predict(
       ctx.load(teacher), ctx.source("unlabel"), pcfg, image_size=teacher.image_size,
+      batch_size=ctx.cfg.eval.eval_batch_size,
       class_names=names, num_label_classes=len(names), strategy=ctx.strategy,
       teacher_id=teacher.path, small_image=teacher.small_image,
       jit_compile=ctx.jit_compile)

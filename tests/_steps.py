@@ -21,21 +21,21 @@ def tiny_model(classes: int = CLASSES, **kwargs):
       stochastic_depth_rate=0.0, **kwargs))
 
 
-def make_batch(mode: str, b: int = 4, u: int = 4, size: int = 32):
-  """One replica's batch of the trainer's input for `mode` (see train/inputs.py)."""
+def make_batch(targets_from: str, b: int = 4, u: int = 4, size: int = 32):
+  """One replica's batch of the trainer's input for `targets_from` (see train/inputs.py)."""
   rng = np.random.default_rng(0)
   batch = {"image": rng.uniform(0, 255, (b, size, size, 3)).astype(np.float32),
            "label": rng.integers(0, CLASSES, b).astype(np.int32)}
-  if mode != "supervised":
+  if targets_from != "supervised":
     batch["unlabeled_image"] = rng.uniform(0, 255, (u, size, size, 3)).astype(np.float32)
-  if mode == "stored":
+  if targets_from == "stored":
     batch["probabilities"] = rng.dirichlet(np.ones(CLASSES), u).astype(np.float32)
-  if mode == "teacher":
+  if targets_from == "teacher":
     batch["teacher_image"] = rng.uniform(0, 255, (u, size, size, 3)).astype(np.float32)
   return batch
 
 
-def run_steps(weights, cfg, mode: str, jit: bool, num_steps: int = 2, teacher=None,
+def run_steps(weights, cfg, targets_from: str, jit: bool, num_steps: int = 2, teacher=None,
               policy: str = "float32", learning_rate: float = 0.01,
               batch_size: int = 4, strategy=None, eager: bool = False
               ) -> types.SimpleNamespace:
@@ -46,9 +46,9 @@ def run_steps(weights, cfg, mode: str, jit: bool, num_steps: int = 2, teacher=No
 
   Every step sees the same global batch of `batch_size` labeled (and as many
   unlabeled) images. `eager`: the replica step runs eagerly instead (no tracing, for a
-  reference of a few steps on the default strategy; multi is then None). Returns metrics (a dict per step), state (weights then EMA shadows,
-  numpy), model, ema, optimizer, replica_step (uncompiled), compiled (what
-  strategy.run called) and multi.
+  reference of a few steps on the default strategy; multi is then None). Returns
+  metrics (a dict per step), state (weights then EMA shadows, numpy), model, ema,
+  optimizer, replica_step (uncompiled), compiled (what strategy.run called) and multi.
   """
   strategy = strategy or tf.distribute.get_strategy()
   replicas = strategy.num_replicas_in_sync
@@ -59,10 +59,10 @@ def run_steps(weights, cfg, mode: str, jit: bool, num_steps: int = 2, teacher=No
                                           loss_scale=policy == "mixed_float16")
     optimizer.build(model.trainable_variables)
     ema = ema_lib.WeightEMA(model, 0.99)
-  replica_step = steps.make_replica_step(model, optimizer, cfg, mode, cfg.weight_decay,
+  replica_step = steps.make_replica_step(model, optimizer, cfg, targets_from, cfg.weight_decay,
                                          replicas, ema, teacher)
   compiled = distribute.compile_step(replica_step, jit, strategy)
-  batch = make_batch(mode, batch_size, batch_size)
+  batch = make_batch(targets_from, batch_size, batch_size)
   if eager:
     multi = None
     tensors = {k: tf.constant(v) for k, v in batch.items()}

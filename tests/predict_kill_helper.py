@@ -41,8 +41,9 @@ def main(argv):
   model.load_weights(weights)
   source = sources.open_source("digits:unlabeled", digits_num_labeled=800,
                                digits_num_test=800)  # As tests/test_predict.py.
-  cfg = PredictConfig(output_dir=out, num_shards=int(num_shards), eval_batch_size=int(batch))
+  cfg = PredictConfig(output_dir=out, num_shards=int(num_shards))
   predict.predict(model, _SlowSource(source, float(sleep)), cfg, image_size=32,
+                  batch_size=int(batch),
                   num_label_classes=10, teacher_id="helper", log_every_secs=1)
 
 

@@ -35,10 +35,11 @@ def source():
 
 
 def _run(model, source, out, **kwargs):
-  cfg_keys = ("num_shards", "eval_batch_size", "worker_index", "num_workers")
+  cfg_keys = ("num_shards", "worker_index", "num_workers")
   cfg = PredictConfig(output_dir=str(out), **{k: kwargs.pop(k) for k in cfg_keys if k in kwargs})
   kwargs.setdefault("teacher_id", "t")
-  return predict.predict(model, source, cfg, image_size=32, **kwargs)
+  return predict.predict(model, source, cfg, image_size=32,
+                         batch_size=kwargs.pop("eval_batch_size", 256), **kwargs)
 
 
 def _by_id(directory):

@@ -150,7 +150,7 @@ def _pipeline_cfg(root, mode="pipeline", **robust):
       mode=mode, model=config_lib.ModelConfig("efficientnet-test", 10,
                                               input_image_size=32, small_image=True),
       train=config_lib.TrainConfig(model_dir=str(root)),
-      predict=config_lib.PredictConfig(eval_batch_size=16),
+      eval=config_lib.EvalConfig(eval_batch_size=16),
       robustness=config_lib.RobustnessConfig(
           corruptions=("contrast", "pixelate"), severities=(2,), perturbations=("rotate",),
           perturbation_frames=3, fgsm_epsilons=(), max_images=32, **robust))

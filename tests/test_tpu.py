@@ -23,23 +23,23 @@ DATA = DataConfig(augment_name="v1", randaug_mag=5, shuffle_buffer=16)
 PLAIN = DataConfig(augment_name=None, shuffle_buffer=16)  # Same contract, less work.
 
 
-@pytest.mark.parametrize("mode", [inputs.SUPERVISED, inputs.STORED, inputs.TEACHER])
-def test_each_host_feeds_its_replicas_static_numeric_batches(mode):
+@pytest.mark.parametrize("targets", [inputs.SUPERVISED, inputs.STORED, inputs.TEACHER])
+def test_each_host_feeds_its_replicas_static_numeric_batches(targets):
   """Raw records (strings, int64) become per-replica batches of float32 / int32 with
   static shapes, each input pipeline (a TPU host) reading its own part."""
-  spec = inputs.InputSpec(mode, 2, 0 if mode == inputs.SUPERVISED else 4, 32,
-                          24 if mode == inputs.TEACHER else None, 4, small_image=True)
-  pseudo = make_records(16, seed=1, probabilities=mode == inputs.STORED)
+  spec = inputs.InputSpec(targets, 2, 0 if targets == inputs.SUPERVISED else 4, 32,
+                          24 if targets == inputs.TEACHER else None, 4, small_image=True)
+  pseudo = make_records(16, seed=1, probabilities=targets == inputs.STORED)
   dataset_fn = inputs.make_dataset_fn(make_records(16), pseudo, PLAIN, spec, 0)
   labels = []
   for host in range(2):  # 2 hosts, 4 replicas in all.
     ds = dataset_fn(tf.distribute.InputContext(2, host, 4))
     expected = {"image": ([2, 32, 32, 3], tf.float32), "label": ([2], tf.int32)}
-    if mode != inputs.SUPERVISED:
+    if targets != inputs.SUPERVISED:
       expected["unlabeled_image"] = ([4, 32, 32, 3], tf.float32)
-    if mode == inputs.STORED:
+    if targets == inputs.STORED:
       expected["probabilities"] = ([4, 4], tf.float32)
-    if mode == inputs.TEACHER:
+    if targets == inputs.TEACHER:
       expected["teacher_image"] = ([4, 24, 24, 3], tf.float32)
     assert {k: (v.shape.as_list(), v.dtype) for k, v in ds.element_spec.items()} == expected
     labels.append({int(y) for b in ds.take(3) for y in b["label"]})

@@ -64,7 +64,7 @@ def test_teacher_training_reduces_the_loss_and_writes_its_outputs(teacher_run):
   model_dir, result, multi_steps = teacher_run
   # 30 steps of 16 over 128 images: 3 epoch boundaries, one trace (static shapes).
   assert [f.experimental_get_tracing_count() for f in multi_steps] == [1]
-  assert (result.global_step, result.start_step, result.mode) == (30, 0, "supervised")
+  assert (result.global_step, result.start_step, result.targets) == (30, 0, "supervised")
   losses = _scalars(str(model_dir), "loss")  # Mean over each call of 5 steps.
   assert sorted(losses) == [5, 10, 15, 20, 25, 30]
   assert (losses[25] + losses[30]) / 2 < 0.75 * losses[5], losses
@@ -180,7 +180,7 @@ def test_student_with_on_the_fly_teacher(teacher_run, tmp_path):
              iterations_per_loop=2, save_checkpoints_steps=2, teacher_softmax_temp=-1)
   result = train(MODEL, DATA, cfg, DistributeConfig("default"),
                  labeled_source=make_records(64), pseudo_labels=make_records(64, seed=3))
-  assert result.mode == "teacher" and result.global_step == 4
+  assert result.targets == "teacher" and result.global_step == 4
   # The trained teacher labels the colours it learned: the student agrees often.
   assert _scalars(str(tmp_path), "unlabeled_loss")[4] > 0
 

@@ -185,9 +185,8 @@ def test_predict_step_compiles_matches_and_is_traced_once(tmp_path, monkeypatch)
   records = {}
   for jit in (False, True):
     out = tmp_path / f"jit{jit}"
-    predict_lib.predict(model, source, PredictConfig(output_dir=str(out), num_shards=2,
-                                                     eval_batch_size=64),
-                        image_size=32, teacher_id="t", jit_compile=jit)
+    predict_lib.predict(model, source, PredictConfig(output_dir=str(out), num_shards=2),
+                        image_size=32, batch_size=64, teacher_id="t", jit_compile=jit)
     records[jit] = {r[fmt.ID_KEY]: r for r in reader.read_records(str(out)).as_numpy_iterator()}
   assert sorted(records[True]) == sorted(records[False]) and len(records[True]) == 197
   for key, plain in records[False].items():

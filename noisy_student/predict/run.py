@@ -60,7 +60,7 @@ def shard_ranges(num_records: int, num_shards: int) -> np.ndarray:
   return np.array([k * num_records // num_shards for k in range(num_shards + 1)], np.int64)
 
 
-def _validate(model: Any, cfg: PredictConfig, class_names: Optional[Sequence[str]],
+def _validate(model: Any, cfg: PredictConfig, batch_size: int, class_names: Optional[Sequence[str]],
               num_label_classes: Optional[int], strategy: tf.distribute.Strategy) -> int:
   """Fails at once on bad flags or a teacher of the wrong class count; returns C."""
   num_classes = int(model.output_shape[-1])
@@ -74,11 +74,11 @@ def _validate(model: Any, cfg: PredictConfig, class_names: Optional[Sequence[str
   if not 0 <= cfg.worker_index < cfg.num_workers:
     raise ValueError(f"worker_index={cfg.worker_index} must be in [0, num_workers="
                      f"{cfg.num_workers})")
-  if cfg.num_shards < 1 or cfg.eval_batch_size < 1:
-    raise ValueError(f"num_shards={cfg.num_shards} and eval_batch_size="
-                     f"{cfg.eval_batch_size} must be >= 1")
-  if cfg.eval_batch_size % strategy.num_replicas_in_sync:
-    raise ValueError(f"eval_batch_size={cfg.eval_batch_size} must be a multiple of the "
+  if cfg.num_shards < 1 or batch_size < 1:
+    raise ValueError(f"num_shards={cfg.num_shards} and eval_batch_size={batch_size} "
+                     "must be >= 1")
+  if batch_size % strategy.num_replicas_in_sync:
+    raise ValueError(f"eval_batch_size={batch_size} must be a multiple of the "
                      f"{strategy.num_replicas_in_sync} replicas")
   return num_classes
 
@@ -124,6 +124,7 @@ def _worker_count(source: Any, cfg: PredictConfig, output_dir: str, names: Set[s
 
 
 def predict(model: Any, source: Any, predict_cfg: PredictConfig, *, image_size: int,
+            batch_size: int,
             class_names: Optional[Sequence[str]] = None,
             num_label_classes: Optional[int] = None,
             strategy: Optional[tf.distribute.Strategy] = None,
@@ -138,10 +139,12 @@ def predict(model: Any, source: Any, predict_cfg: PredictConfig, *, image_size: 
   Args:
     model: the teacher, a Keras model mapping [B, S, S, 3] float 0..255 to logits [B, C].
     source: a Contract-2 source (`.dataset(num_workers, worker_index)` of raw records).
-    predict_cfg: output_dir, eval_batch_size, num_shards (per worker), worker_index,
-      num_workers. The records hold softmax(logits) at T = 1 whatever the training
-      temperature (the original's predict_label.py:136-141): training applies it.
+    predict_cfg: output_dir, num_shards (per worker), worker_index, num_workers. The
+      records hold softmax(logits) at T = 1 whatever the training temperature (the
+      original's predict_label.py:136-141): training applies it.
     image_size: the teacher's own resolution S (eval preprocessing target).
+    batch_size: global batch of the teacher's step (--eval_batch_size), a multiple of
+      the replicas; the last batch is padded to it.
     class_names: stored in output_dir/class_names.json (fmt.CLASS_NAMES_FILE) for the
       balance report.
     num_label_classes: class count of the labeled data; a teacher that differs fails.
@@ -162,7 +165,7 @@ def predict(model: Any, source: Any, predict_cfg: PredictConfig, *, image_size: 
     output_dir holding shards written with other flags.
   """
   cfg, strategy = predict_cfg, strategy or tf.distribute.get_strategy()
-  num_classes = _validate(model, cfg, class_names, num_label_classes, strategy)
+  num_classes = _validate(model, cfg, batch_size, class_names, num_label_classes, strategy)
   if source_id is None:
     source_id = source.describe() if hasattr(source, "describe") else type(source).__name__
   fingerprint = make_fingerprint(cfg, teacher_id=teacher_id or model.name,
@@ -177,10 +180,10 @@ def predict(model: Any, source: Any, predict_cfg: PredictConfig, *, image_size: 
                           {"class_names": list(class_names)})
   bounds, paths, needed = _plan_shards(source, cfg, out, names, prefix, fingerprint)
   preprocess_fn = preprocess_fn or default_preprocess(image_size, small_image)
-  ds = stream.build_dataset(source, cfg, bounds, needed, preprocess_fn)
+  ds = stream.build_dataset(source, cfg, bounds, needed, preprocess_fn, batch_size)
   if jit_compile is None:
     jit_compile = distribute.resolve_jit_compile("auto", strategy)
-  step = stream.make_step(model, strategy, cfg.eval_batch_size, ds.element_spec, jit_compile)
+  step = stream.make_step(model, strategy, batch_size, ds.element_spec, jit_compile)
   sink = sink_lib.ShardSink(paths, bounds, needed, num_classes, fingerprint,
                             stream.corrupt_ids(source, cfg, preprocess_fn))
   todo = int(sum(bounds[k + 1] - bounds[k] for k in np.flatnonzero(needed)))

@@ -30,11 +30,11 @@ _STEP_KEYS = ("image", "image/encoded", "id", "label")
 
 
 def build_dataset(source: Any, cfg: PredictConfig, bounds: np.ndarray, needed: np.ndarray,
-                  preprocess_fn: PreprocessFn) -> tf.data.Dataset:
+                  preprocess_fn: PreprocessFn, batch_size: int) -> tf.data.Dataset:
   """Batches of this worker's records in needed shards, decoded, with their raw fields.
 
   Elements: {"index": [k] record index in the worker's stream, "id", "image/encoded",
-  "label": [k], "image": float32 [k, S, S, 3]}, k = eval_batch_size except at the end.
+  "label": [k], "image": float32 [k, S, S, 3]}, k = batch_size except at the end.
   """
   ds = source.dataset(num_workers=cfg.num_workers, worker_index=cfg.worker_index)
   ds = ds.enumerate()
@@ -53,7 +53,7 @@ def build_dataset(source: Any, cfg: PredictConfig, bounds: np.ndarray, needed: n
   # per-chunk sub-datasets that kept failed records in place ran at 1,640 images/s on 64 px
   # JPEGs, this flat map at 7,500 (2 cores).
   ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-  ds = ds.ignore_errors().batch(cfg.eval_batch_size).prefetch(2)
+  ds = ds.ignore_errors().batch(batch_size).prefetch(2)
   # No autotuner: AUTOTUNE stays at its fixed default parallelism (bounded by the cores).
   # With it, deleting the finished iterator stalled until the autotuner's next wake-up:
   # 0.6 to 4.7 s after the last batch in 5 of 10 predict calls of 2,048 images (TF 2.21,

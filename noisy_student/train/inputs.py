@@ -37,8 +37,8 @@ EPOCH_CYCLE = 8  # Distinct epoch orders before they repeat.
 
 @dataclasses.dataclass(frozen=True)
 class InputSpec:
-  """Sizes and mode of the training input (all batch sizes per replica)."""
-  mode: str  # SUPERVISED, STORED or TEACHER.
+  """Sizes and targets of the training input (all batch sizes per replica)."""
+  targets: str  # Where the unlabeled targets come from: SUPERVISED, STORED or TEACHER.
   labeled_batch: int
   unlabeled_batch: int
   image_size: int
@@ -143,10 +143,10 @@ def unlabeled_examples(pseudo_labels, data_cfg: DataConfig, spec: InputSpec,
   if _is_raw(ds):
     ds = epoch_stream(ds, data_cfg.shuffle_buffer, seed, start_examples)
     ds = _preprocess(ds, data_cfg, spec, seed + start_examples, worker,
-                     teacher_view=spec.mode == TEACHER)
+                     teacher_view=spec.targets == TEACHER)
   else:
     ds = epoch_stream(ds, 0, seed, start_examples)
-  keep = "probabilities" if spec.mode == STORED else "teacher_image"
+  keep = "probabilities" if spec.targets == STORED else "teacher_image"
   return ds.map(lambda e: {"unlabeled_image": e["image"], keep: e[keep]})
 
 
@@ -162,7 +162,7 @@ def make_dataset_fn(labeled, pseudo_labels, data_cfg: DataConfig, spec: InputSpe
     # drop_remainder keeps shapes static (TPU needs it; XLA would retrace otherwise).
     lab = lab.batch(spec.labeled_batch, drop_remainder=True).map(
         lambda x, y: {"image": tf.cast(x, tf.float32), "label": tf.cast(y, tf.int32)})
-    if spec.mode == SUPERVISED:
+    if spec.targets == SUPERVISED:
       ds = lab
     else:
       unl = unlabeled_examples(pseudo_labels, data_cfg, spec, ctx,

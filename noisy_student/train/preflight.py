@@ -112,16 +112,16 @@ def _check_labeled(model_cfg: ModelConfig, labeled_source, class_names) -> None:
                                     f"The labeled source {_describe(labeled_source)}")
 
 
-def _check_unlabeled(model_cfg: ModelConfig, unlabeled, mode: str) -> None:
+def _check_unlabeled(model_cfg: ModelConfig, unlabeled, targets: str) -> None:
   """The unlabeled stream is non-empty and its probabilities have C classes."""
   name = (unlabeled if isinstance(unlabeled, str) else
           getattr(unlabeled, "spec", "the pseudo_labels dataset"))
   records = inputs_lib.unlabeled_records(unlabeled)
   first = inputs_lib.first_element_or_error(records, f"The unlabeled source {name}")
-  if mode == inputs_lib.TEACHER and not {"image/encoded", "teacher_image"} & set(first):
+  if targets == inputs_lib.TEACHER and not {"image/encoded", "teacher_image"} & set(first):
     raise ValueError(f"{name} holds no raw images ('image/encoded') for the on-the-fly "
                      "teacher to label; give --unlabel_data_dir images or TFRecords.")
-  if mode == inputs_lib.STORED:
+  if targets == inputs_lib.STORED:
     if "probabilities" not in first:
       raise ValueError(f"{name} has no 'probabilities'; give pseudo-labels written by the "
                        "predict phase, or an on-the-fly teacher.")
@@ -138,8 +138,8 @@ def _check_unlabeled(model_cfg: ModelConfig, unlabeled, mode: str) -> None:
                        "and the student must use the same classes.")
 
 
-def check_teacher(teacher: Optional[keras.Model], model_cfg: ModelConfig, mode: str) -> None:
-  if mode != inputs_lib.TEACHER:
+def check_teacher(teacher: Optional[keras.Model], model_cfg: ModelConfig, targets: str) -> None:
+  if targets != inputs_lib.TEACHER:
     return
   found = int(teacher.output_shape[-1])
   if found != model_cfg.num_label_classes:
@@ -148,7 +148,7 @@ def check_teacher(teacher: Optional[keras.Model], model_cfg: ModelConfig, mode: 
                      "data must use the same classes.")
 
 
-def _mode(cfg: TrainConfig, unlabeled, teacher) -> str:
+def _targets(cfg: TrainConfig, unlabeled, teacher) -> str:
   if cfg.unlabel_ratio == 0:
     return inputs_lib.SUPERVISED
   if unlabeled is None:
@@ -164,21 +164,21 @@ def prepare_inputs(model_cfg: ModelConfig, cfg: TrainConfig, strategy, labeled_s
                    pseudo_labels, teacher, class_names, chief: bool) -> PreparedInputs:
   """Validates the streams and sizes the per-replica batches."""
   unlabeled = pseudo_labels if pseudo_labels is not None else cfg.pseudo_label_dir
-  mode = _mode(cfg, unlabeled, teacher)
+  targets = _targets(cfg, unlabeled, teacher)
   class_names = class_names or getattr(labeled_source, "class_names", None)
   _check_labeled(model_cfg, labeled_source, class_names)
-  if mode != inputs_lib.SUPERVISED:
-    _check_unlabeled(model_cfg, unlabeled, mode)
+  if targets != inputs_lib.SUPERVISED:
+    _check_unlabeled(model_cfg, unlabeled, targets)
   labeled_batch = distribute.per_replica_batch(cfg.train_batch_size, strategy)
-  unlabeled_batch = (0 if mode == inputs_lib.SUPERVISED else
+  unlabeled_batch = (0 if targets == inputs_lib.SUPERVISED else
                      distribute.unlabeled_per_replica(labeled_batch, cfg.unlabel_ratio))
   image_size = model_cfg.input_image_size or efficientnet.native_resolution(model_cfg.model_name)
-  spec = inputs_lib.InputSpec(mode, labeled_batch, unlabeled_batch, image_size, None,
+  spec = inputs_lib.InputSpec(targets, labeled_batch, unlabeled_batch, image_size, None,
                               model_cfg.num_label_classes, model_cfg.small_image)
   num_images = _num_train_images(cfg, labeled_source, chief)
   logging.info("Training a %s: %s, %d labeled + %d unlabeled images per replica and step, "
                "%d replicas, for %s.",
-               "teacher" if mode == inputs_lib.SUPERVISED else "student",
+               "teacher" if targets == inputs_lib.SUPERVISED else "student",
                model_cfg.model_name, labeled_batch, unlabeled_batch,
                strategy.num_replicas_in_sync, schedules.describe_length(cfg, num_images))
   return PreparedInputs(labeled_source, unlabeled, spec, num_images, class_names)

@@ -29,12 +29,12 @@ def _accuracy(logits: tf.Tensor, classes: tf.Tensor) -> tf.Tensor:
                                tf.cast(tf.size(hits), tf.float32))
 
 
-def _targets(batch: Dict[str, tf.Tensor], cfg: TrainConfig, mode: str,
+def _targets(batch: Dict[str, tf.Tensor], cfg: TrainConfig, targets_from: str,
              teacher: Optional[keras.Model]) -> Optional[tf.Tensor]:
   """Pseudo-label targets [u, C] for the unlabeled rows, or None when supervised."""
-  if mode == inputs_lib.SUPERVISED:
+  if targets_from == inputs_lib.SUPERVISED:
     return None
-  if mode == inputs_lib.TEACHER:
+  if targets_from == inputs_lib.TEACHER:
     # The original's on-the-fly teacher: frozen, un-noised, at its own resolution.
     teacher_logits = tf.stop_gradient(teacher(batch["teacher_image"], training=False))
     return losses.targets_from_logits(teacher_logits, cfg.teacher_softmax_temp,
@@ -43,16 +43,16 @@ def _targets(batch: Dict[str, tf.Tensor], cfg: TrainConfig, mode: str,
                                    cfg.label_smoothing)
 
 
-def make_replica_step(model: keras.Model, optimizer, cfg: TrainConfig, mode: str,
+def make_replica_step(model: keras.Model, optimizer, cfg: TrainConfig, targets_from: str,
                       weight_decay: float, num_replicas: int, ema=None,
                       teacher: Optional[keras.Model] = None) -> Callable:
   """The step one replica runs on its part of the global batch; returns its metrics."""
   decay_vars = losses.decay_variables(model) if weight_decay else []
-  ratio = cfg.unlabel_ratio if mode != inputs_lib.SUPERVISED else 0.0
+  ratio = cfg.unlabel_ratio if targets_from != inputs_lib.SUPERVISED else 0.0
   scales_loss = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
 
   def replica_step(batch: Dict[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
-    targets = _targets(batch, cfg, mode, teacher)
+    targets = _targets(batch, cfg, targets_from, teacher)
     images = batch["image"]
     if targets is not None:  # One forward pass over concat(labeled, unlabeled).
       images = tf.concat([images, tf.cast(batch["unlabeled_image"], images.dtype)], 0)

@@ -41,7 +41,7 @@ class TrainResult:
   metrics: Dict[str, float]  # Means over the last loop of steps.
   images_per_second: float  # Over the run, compilation excluded.
   num_replicas: int
-  mode: str  # "supervised", "stored" or "teacher".
+  targets: str  # "supervised" (a teacher), "stored" pseudo-labels or on-the-fly "teacher".
   jit_compile: bool = False  # Whether XLA compiled the step.
 
 
@@ -129,7 +129,7 @@ def train(model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg: TrainConfig,
                                  pseudo_labels, teacher, class_names, chief)
   with strategy.scope():
     state = _build_state(model_cfg, train_cfg, teacher, run.num_train_images, ckpt_dir)
-  preflight.check_teacher(state.teacher, model_cfg, run.spec.mode)
+  preflight.check_teacher(state.teacher, model_cfg, run.spec.targets)
   spec = dataclasses.replace(run.spec, teacher_image_size=preflight.input_size(
       state.teacher) if state.teacher is not None else None)
   if chief:
@@ -140,7 +140,7 @@ def train(model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg: TrainConfig,
                                           start_step)
   iterator = iter(strategy.distribute_datasets_from_function(dataset_fn))
   replica_step = steps_lib.make_replica_step(
-      state.model, state.optimizer, train_cfg, spec.mode,
+      state.model, state.optimizer, train_cfg, spec.targets,
       schedules.loss_weight_decay(train_cfg), strategy.num_replicas_in_sync, state.ema,
       state.teacher)
   logging.info("Train step: XLA %s, %s.", "on" if jit_compile else "off",
@@ -161,9 +161,9 @@ def train(model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg: TrainConfig,
     logging.info("Wrote %s.", final_path)
   result = TrainResult(train_cfg.model_dir, global_step(state.optimizer), start_step,
                        state.manager.latest_checkpoint or "", final_path, metrics, rate,
-                       strategy.num_replicas_in_sync, spec.mode, jit_compile)
-  logging.info("Trained %s to step %d, mode %s (pseudo-labels: %s).", model_cfg.model_name,
-               result.global_step, spec.mode, _PSEUDO_LABELS[spec.mode])
+                       strategy.num_replicas_in_sync, spec.targets, jit_compile)
+  logging.info("Trained %s to step %d (pseudo-labels: %s).", model_cfg.model_name,
+               result.global_step, _PSEUDO_LABELS[spec.targets])
   return result
 
 
