@@ -26,6 +26,7 @@ import numpy as np
 from noisy_student import atomic
 from noisy_student import config as config_lib
 from noisy_student import phases
+from noisy_student import context
 from noisy_student import pipeline
 from noisy_student import plots
 from noisy_student.ablation_variants import VARIANTS, replace
@@ -47,7 +48,7 @@ def seed_config(cfg: Config, seed: int) -> Config:
       student_model_names=(student,) * cfg.ablation.iterations)
 
 
-def _variant_row(ctx: pipeline.Context, name: str, balanced: BalancedPseudoLabels) -> Row:
+def _variant_row(ctx: context.Context, name: str, balanced: BalancedPseudoLabels) -> Row:
   """Trains and evaluates variant `name` of one seed (both resumable phases)."""
   base = ctx.cfg
   num_classes = len(ctx.class_names)
@@ -77,7 +78,7 @@ def _variant_row(ctx: pipeline.Context, name: str, balanced: BalancedPseudoLabel
   return pipeline.result_row(name, model, result)
 
 
-def run_seed(ctx: pipeline.Context, names: Sequence[str]) -> Dict[str, Row]:
+def run_seed(ctx: context.Context, names: Sequence[str]) -> Dict[str, Row]:
   """The main arm and the variants of one seed -> {row name: result row}."""
   rows = pipeline.run_pipeline(ctx.cfg, ctx)
   out = {"teacher": dict(rows[0], name="teacher")}
@@ -208,9 +209,9 @@ def write_summary(summary: Sequence[Row], per_seed: Dict[int, Dict[str, Row]],
   return path
 
 
-def run_ablations(cfg: Config, ctx: Optional[pipeline.Context] = None) -> List[Row]:
+def run_ablations(cfg: Config, ctx: Optional[context.Context] = None) -> List[Row]:
   """Every seed's main arm and variants (resumable), then the summary; returns it."""
-  ctx = ctx or pipeline.Context(cfg)
+  ctx = ctx or context.Context(cfg)
   names = list(cfg.ablation.ablations)  # Known names: checks.check(cfg) saw to that.
   per_seed = {}
   for seed in cfg.ablation.seeds:

@@ -15,6 +15,7 @@ from absl import logging
 from noisy_student import ablations
 from noisy_student import checks
 from noisy_student import config as config_lib
+from noisy_student import context
 from noisy_student import pipeline
 from noisy_student import train as train_lib
 
@@ -23,7 +24,7 @@ def run(cfg: config_lib.Config) -> Any:
   """Checks `cfg` (ConfigError lists every problem) and runs its mode; returns what the
   mode produced (the results rows, a TrainResult, a phase result)."""
   checks.check(cfg)
-  ctx = pipeline.Context(cfg)
+  ctx = context.Context(cfg)
   if cfg.mode in ("pipeline", "train", "predict", "ablate"):
     # Multi-worker collectives can only be set up before any other op runs: make the
     # strategy first, and every phase of this run then shares it.
@@ -42,12 +43,12 @@ def run(cfg: config_lib.Config) -> Any:
                            pseudo_labels=cfg.train.pseudo_label_dir,
                            class_names=ctx.class_names, strategy=ctx.strategy)
   if cfg.mode == "predict":
-    teacher = pipeline.trained_model_of(cfg.predict.predict_ckpt_path or ctx.root)
+    teacher = context.trained_model_of(cfg.predict.predict_ckpt_path or ctx.root)
     return pipeline.predict_pseudo_labels(ctx, teacher, checks.pseudo_label_dir(cfg),
                                           cfg.predict)
   if cfg.mode == "filter":
     return pipeline.balance_pseudo_labels(ctx, checks.pseudo_label_dir(cfg))
-  model = pipeline.trained_model_of(ctx.root)
+  model = context.trained_model_of(ctx.root)
   if cfg.mode == "eval":
     result = pipeline.evaluate_model(ctx, model, "eval")
     logging.info("top-1 %.4f top-%d %.4f on %d images", result.top1, result.top_k,

@@ -15,6 +15,7 @@ import tensorflow as tf
 import efficientnet
 import flags
 from noisy_student import checks
+from noisy_student import context
 from noisy_student import pipeline
 from noisy_student.config import ModelConfig
 from noisy_student.data import preprocess
@@ -116,7 +117,7 @@ def test_teacher_model_name_must_agree_with_the_teachers_own(tmp_path):
   assert checks.problems(cfg) == []
   with pytest.raises(ValueError, match="--teacher_model_name=efficientnet-b0, but "
                      ".* holds a efficientnet-test"):
-    pipeline.train_with_teacher(pipeline.Context(cfg))
+    pipeline.train_with_teacher(context.Context(cfg))
   cfg = _config(tmp_path, f"--teacher_model_path={teacher_dir}", "--input_image_size=32")
   with pytest.raises(FileNotFoundError, match="No checkpoint"):  # Past the checks.
-    pipeline.train_with_teacher(pipeline.Context(cfg))
+    pipeline.train_with_teacher(context.Context(cfg))

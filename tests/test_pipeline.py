@@ -11,6 +11,7 @@ import pytest
 
 from noisy_student import config as config_lib
 from noisy_student import phases
+from noisy_student import context
 from noisy_student import pipeline
 from noisy_student import results
 
@@ -175,10 +176,10 @@ def test_eval_and_export_modes_find_the_last_model_of_a_pipeline(tmp_path, monke
   Recorder(monkeypatch)
   pipeline.run_pipeline(cfg)
   root = cfg.train.model_dir
-  assert pipeline.trained_model_of(root).path.endswith("finetune/final.keras")
+  assert context.trained_model_of(root).path.endswith("finetune/final.keras")
   markers = phases.Markers(root)
   os.remove(markers.path("finetune"))
-  assert pipeline.trained_model_of(root).path.endswith("student_2")
+  assert context.trained_model_of(root).path.endswith("student_2")
 
 
 def test_a_student_worse_than_its_teacher_and_a_weak_teacher_are_marked(

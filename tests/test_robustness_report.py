@@ -16,6 +16,7 @@ from noisy_student import checks
 from noisy_student import config as config_lib
 from noisy_student import evaluate
 from noisy_student import phases
+from noisy_student import context
 from noisy_student import pipeline
 from noisy_student import robustness
 from noisy_student.train import checkpoints
@@ -157,9 +158,9 @@ def _pipeline_cfg(root, mode="pipeline", **robust):
 
 
 def test_pipeline_evaluations_are_relative_to_the_teacher(tmp_path, monkeypatch):
-  teacher = pipeline.trained_model_of(_model_dir(tmp_path / "teacher", seed=0))
-  student = pipeline.trained_model_of(_model_dir(tmp_path / "student", seed=1))
-  ctx = pipeline.Context(_pipeline_cfg(tmp_path / "run"))
+  teacher = context.trained_model_of(_model_dir(tmp_path / "teacher", seed=0))
+  student = context.trained_model_of(_model_dir(tmp_path / "student", seed=1))
+  ctx = context.Context(_pipeline_cfg(tmp_path / "run"))
   t = pipeline.evaluate_model(ctx, teacher, "teacher")
   assert t.robustness["mce"] == pytest.approx(100.0)  # The teacher is its own baseline.
   assert os.path.exists(t.robustness["robustness_report"])
@@ -187,7 +188,7 @@ def test_pipeline_evaluations_are_relative_to_the_teacher(tmp_path, monkeypatch)
   monkeypatch.setattr(robustness, "evaluate_robustness",
                       lambda *a, **k: calls.append(k["name"]) or real(*a, **k))
   baseline = str(tmp_path / "teacher" / "final.keras")
-  eval_ctx = pipeline.Context(_pipeline_cfg(tmp_path / "eval", "eval", baseline=baseline))
+  eval_ctx = context.Context(_pipeline_cfg(tmp_path / "eval", "eval", baseline=baseline))
   first = pipeline.evaluate_model(eval_ctx, student, "eval")
   assert first.robustness["mce"] == pytest.approx(s.robustness["mce"])  # Same baseline model, same images.
   again = pipeline.evaluate_model(eval_ctx, student, "eval")
@@ -202,7 +203,7 @@ def test_pipeline_evaluations_are_relative_to_the_teacher(tmp_path, monkeypatch)
   assert calls[3:] == ["baseline", "eval"]
   assert robustness.read_report(cached)["settings"] == robustness.settings_of(
       eval_ctx.cfg.robustness, eval_ctx.cfg.data.seed)
-  with_report = pipeline.Context(_pipeline_cfg(tmp_path / "eval2", "eval",
+  with_report = context.Context(_pipeline_cfg(tmp_path / "eval2", "eval",
                                                baseline=t.robustness["robustness_report"]))
   assert pipeline.evaluate_model(with_report, student, "eval").robustness["mce"] == pytest.approx(
       s.robustness["mce"])

@@ -14,6 +14,7 @@ import tensorflow as tf
 import efficientnet
 import flags
 from absl import flags as absl_flags
+from noisy_student import context
 from noisy_student import pipeline
 from noisy_student import predict
 from noisy_student import results
@@ -48,7 +49,7 @@ def _config(tmp_path, temperature):
 def _predict(tmp_path, temperature, teacher):
   """The pipeline's predict phase with this teacher; -> (config, records, logits by id)."""
   cfg = _config(tmp_path, temperature)
-  ctx = pipeline.Context(cfg)
+  ctx = context.Context(cfg)
   ctx.load = lambda info: teacher
   model_dir = str(tmp_path / "teacher")  # Only its build_config.json (the class names).
   checkpoints.write_build_config(model_dir, ModelConfig("efficientnet-test", 10, 32,
