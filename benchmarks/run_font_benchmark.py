@@ -13,7 +13,11 @@ For each seed s (sequentially; one training job at a time):
   4. benchmarks/pseudo_label_accuracy.py on that run -> <out>/seed_<s>/pseudo_labels.json.
 Then <out>/summary.json and summary.md: per seed and mean +- sample sd over the seeds of
 the CNN, teacher, each student, the final/teacher error ratio, pseudo-label top-1 (all and
-as the student saw them), wall times. Flags after `--` go to noisy-student unchanged.
+as the student saw them), wall times, and summary.png (test error per model and seed).
+Flags after `--` go to noisy-student unchanged.
+
+  python benchmarks/run_font_benchmark.py --plot=out.png A/summary.json B/summary.json
+draws the summaries of earlier runs side by side (one panel each) and runs nothing.
 """
 from __future__ import annotations
 
@@ -144,8 +148,50 @@ def summarize(records: Sequence[Dict], title: str) -> str:
   return "\n".join(lines) + "\n"
 
 
-def main(argv=None) -> List[Dict]:
+def plot_summaries(panels: Sequence[tuple], path: str) -> str:
+  """One panel per (title, records): test error % of the CNN, the teacher and each
+  student, a thin line per seed and the mean in bold, on a log axis (errors of 2% and
+  10% side by side)."""
+  sys.path.insert(0, ROOT)
+  from noisy_student import plots  # pylint: disable=g-import-not-at-top
+  plt = plots.pyplot()
+  fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.8), squeeze=False)
+  for ax, (title, records) in zip(axes[0], panels):
+    names = (["cnn"] if all("cnn_top1" in r for r in records) else []) + list(
+        records[0]["models"])
+    def errors(r):
+      return [100 * (1 - (r["cnn_top1"] if n == "cnn" else r["models"][n])) for n in names]
+    rows = [errors(r) for r in records]
+    for r, row in zip(records, rows):
+      ax.plot(names, row, marker="o", lw=1, alpha=0.5, label=f"seed {r['seed']}")
+    ax.plot(names, [statistics.mean(c) for c in zip(*rows)], "k-o", lw=2.5, label="mean")
+    ax.set_yscale("log")
+    ax.set_title(title)
+    ax.set_ylabel("test error % (log)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+  fig.tight_layout()
+  return plots.save_figure(fig, path)
+
+
+def _plot_only(argv: Sequence[str]) -> None:
+  p = argparse.ArgumentParser()
+  p.add_argument("--plot", required=True)
+  p.add_argument("summaries", nargs="+")
+  args = p.parse_args(argv)
+  panels = []
+  for path in args.summaries:
+    with open(path) as f:
+      summary = json.load(f)
+    panels.append((summary.get("title", os.path.basename(os.path.dirname(path))),
+                   summary["records"]))
+  print(plot_summaries(panels, args.plot))
+
+
+def main(argv=None) -> Optional[List[Dict]]:
   argv = list(sys.argv[1:] if argv is None else argv)
+  if any(a.startswith("--plot") for a in argv):
+    return _plot_only(argv)
   extra = argv[argv.index("--") + 1:] if "--" in argv else []
   argv = argv[:argv.index("--")] if "--" in argv else argv
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -167,9 +213,11 @@ def main(argv=None) -> List[Dict]:
   table = summarize(records, title)
   print(table)
   with open(os.path.join(args.out, "summary.json"), "w") as f:
-    json.dump({"flagfile": args.flagfile, "extra_flags": extra, "records": records}, f, indent=1)
+    json.dump({"title": title, "flagfile": args.flagfile, "extra_flags": extra,
+               "records": records}, f, indent=1)
   with open(os.path.join(args.out, "summary.md"), "w") as f:
     f.write(table)
+  plot_summaries([(title, records)], os.path.join(args.out, "summary.png"))
   return records
 
 

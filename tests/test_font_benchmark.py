@@ -145,3 +145,18 @@ def test_driver_summary():
   assert "| teacher top-1 % | 90.00 | 80.00 | 85.00 ± 7.07 |" in table
   assert "| final / teacher error | 0.60 | 0.70 | 0.65 ± 0.07 |" in table
   assert "| pipeline CPU minutes / 2 | 2.00 | 2.00 | 2.00 ± 0.00 |" in table
+
+
+def test_summary_plot_from_saved_summaries(tmp_path):
+  recs = [{"seed": s, "models": {"teacher": t, "student 1": st}, "cnn_top1": 0.9}
+          for s, t, st in [(0, 0.97, 0.98), (1, 0.96, 0.975)]]
+  paths = []
+  for name in ("digits", "letters"):
+    path = tmp_path / name / "summary.json"
+    path.parent.mkdir()
+    path.write_text(json.dumps({"title": name, "records": recs}))
+    paths.append(str(path))
+  out = tmp_path / "both.png"
+  assert run_font_benchmark.main([f"--plot={out}", *paths]) is None
+  img = Image.open(out)
+  assert img.format == "PNG" and img.size[0] > img.size[1]  # Two panels side by side.
