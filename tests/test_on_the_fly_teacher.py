@@ -77,7 +77,7 @@ def test_student_with_an_on_the_fly_teacher_from_the_command_line(tmp_path):
              f"--unlabel_data_dir=images:{tmp_path / 'unlabeled'}",
              f"--teacher_model_path={teacher_dir}", "--teacher_model_name=test",
              "--teacher_softmax_temp=2")
-  assert "mode teacher (pseudo-labels: the on-the-fly teacher's)" in log
+  assert "(pseudo-labels: the on-the-fly teacher's)" in log
   # The targets: softmax(teacher logits / T) of the un-noised view at the teacher's own
   # 40 px. Every step's unlabeled batch is the 8 images, so the mean max target (the
   # original's unl/target_prob, main.py:539-540) is known exactly.

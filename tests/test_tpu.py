@@ -157,7 +157,7 @@ def test_train_loop_end_to_end_with_xla_under_a_strategy(tmp_path, monkeypatch):
                  labeled_source=make_records(20),
                  pseudo_labels=make_records(12, seed=1, probabilities=True),
                  strategy=strategy)
-  assert result.jit_compile and result.global_step == 8 and result.mode == "stored"
+  assert result.jit_compile and result.global_step == 8 and result.targets == "stored"
   assert np.isfinite(result.metrics["loss"]) and result.final_model_path
   assert len(distributed) == 1  # Per-host input (distribute_datasets_from_function).
   (replica_step, multi_step), = made
