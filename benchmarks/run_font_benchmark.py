@@ -89,6 +89,10 @@ def run_seed(args: argparse.Namespace, seed: int, extra: Sequence[str]) -> Dict:
   seconds = cpu = None
   if not os.path.exists(os.path.join(model_dir, "results.json")):
     seconds, cpu = _run(cmd, log)
+  elif os.path.exists(os.path.join(out, "record.json")):  # Finished before: its times.
+    with open(os.path.join(out, "record.json")) as f:
+      earlier = json.load(f)
+    seconds, cpu = earlier.get("pipeline_seconds"), earlier.get("pipeline_cpu_seconds")
   pl_json = os.path.join(out, "pseudo_labels.json")
   _run([py, os.path.join(HERE, "pseudo_label_accuracy.py"), f"--truth={data}/unlabeled_truth.json",
         f"--model_dir={model_dir}", f"--output={pl_json}"], log)
