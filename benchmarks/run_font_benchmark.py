@@ -170,6 +170,8 @@ def plot_summaries(panels: Sequence[tuple], path: str) -> str:
       ax.plot(names, row, marker="o", lw=1, alpha=0.5, label=f"seed {r['seed']}")
     ax.plot(names, [statistics.mean(c) for c in zip(*rows)], "k-o", lw=2.5, label="mean")
     ax.set_yscale("log")
+    for axis_formatter in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter):
+      axis_formatter(plt.FormatStrFormatter("%g"))  # 2, 3, 5, 10 rather than 10^0 powers.
     ax.set_title(title)
     ax.set_ylabel("test error % (log)")
     ax.grid(True, which="both", alpha=0.3)
