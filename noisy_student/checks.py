@@ -16,6 +16,7 @@ from typing import List
 import efficientnet  # The model table; importing it does not load Keras.
 from noisy_student import ablation_variants
 from noisy_student import config as config_lib
+from noisy_student import faults
 from noisy_student import settings
 from noisy_student.config import Config
 from noisy_student.data import source
@@ -166,7 +167,18 @@ def _paths(cfg: Config) -> List[str]:
   checked = [(flag, path, source.path_of(path) if flag in _SOURCE_FLAGS else path)
              for flag, path in paths if path]
   return [f"--{flag}={path}: no such file or directory"
-          for flag, path, on_disk in checked if on_disk and not exists(on_disk)]
+          for flag, path, on_disk in checked if on_disk and not _reachable(flag, on_disk)]
+
+
+def _reachable(flag: str, path: str) -> bool:
+  """exists(path); unreachable storage (no network, no credentials) raises
+  faults.StorageUnreachable at once: the other checks would only repeat it."""
+  try:
+    return exists(path)
+  except Exception as e:  # pylint: disable=broad-except
+    if faults.is_unreachable_storage(e, path) or "://" in path:
+      raise faults.unreachable(f"--{flag}={path}", e) from None
+    raise
 
 
 def pseudo_label_dir(cfg: Config) -> str:
