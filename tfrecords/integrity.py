@@ -38,7 +38,8 @@ class DamagedShards(ValueError):
 def _raw_manifests(directory: str) -> Dict[str, Dict[str, Any]]:
   """{shard path: manifest JSON} of every manifest file in `directory`, intact or not."""
   out = {}
-  for mpath in tf.io.gfile.glob(f"{directory}/{fmt.MANIFEST_PREFIX}*{fmt.MANIFEST_SUFFIX}"):
+  # Version-1 manifests sat beside their shards without the leading "_": both are read.
+  for mpath in sorted(tf.io.gfile.glob(f"{directory}/*{fmt.MANIFEST_SUFFIX}")):
     try:
       with tf.io.gfile.GFile(mpath) as f:
         manifest = json.load(f)

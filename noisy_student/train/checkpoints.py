@@ -139,9 +139,9 @@ def load_for_inference(path: str, dtype_policy: str = "float32") -> keras.Model:
   if path.endswith(".keras"):
     divergence.refuse_if_diverged(os.path.dirname(path) or ".")
     return keras.models.load_model(path)
+  divergence.refuse_if_diverged(path if tf.io.gfile.isdir(path) else os.path.dirname(path))
   prefix = resolve_checkpoint(path)
   model_dir = path if tf.io.gfile.isdir(path) else os.path.dirname(prefix)
-  divergence.refuse_if_diverged(model_dir)
   build = read_build_config(model_dir)
   model_cfg = dataclasses.replace(build["model"], sync_batch_norm=False,
                                   dtype_policy=dtype_policy)
