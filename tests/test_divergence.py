@@ -1,6 +1,5 @@
 """Divergence stops training in one line (noisy_student/train/divergence.py): a huge
 learning rate on the tiny model, and mixed_float16 loss-scale skips that are not."""
-import functools
 import json
 import os
 
@@ -66,8 +65,10 @@ def test_one_huge_step_is_caught_by_the_trained_models_outputs(tmp_path):
 def test_mixed_float16_loss_scale_skips_are_not_divergence(tmp_path, monkeypatch):
   # A loss scale near float32's maximum overflows every float16 gradient: each step is a
   # skip (the scale halves), none an update.
-  monkeypatch.setattr(schedules.keras.optimizers, "LossScaleOptimizer", functools.partial(
-      keras.optimizers.LossScaleOptimizer, initial_scale=2.0 ** 126))
+  build = schedules.build_optimizer
+  monkeypatch.setattr(schedules, "build_optimizer", lambda cfg, schedule, loss_scale=False: (
+      keras.optimizers.LossScaleOptimizer(build(cfg, schedule), initial_scale=2.0 ** 126)
+      if loss_scale else build(cfg, schedule)))
   model = ModelConfig("efficientnet-test", 4, input_image_size=32, small_image=True,
                       dtype_policy="mixed_float16")
   result = _train(_cfg(tmp_path, train_steps=4, base_learning_rate=0.05), model)

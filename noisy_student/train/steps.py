@@ -48,6 +48,12 @@ def _targets(batch: Dict[str, tf.Tensor], cfg: TrainConfig, targets_from: str,
                                    cfg.label_smoothing)
 
 
+def gradient_norm(grads) -> tf.Tensor:
+  """The global norm the divergence check reads (benchmarks/bench_train.py --compare
+  divergence swaps it for a constant to measure its cost)."""
+  return tf.linalg.global_norm(grads)
+
+
 def make_replica_step(model: keras.Model, optimizer, cfg: TrainConfig, targets_from: str,
                       weight_decay: float, num_replicas: int, ema=None,
                       teacher: Optional[keras.Model] = None) -> Callable:
@@ -75,7 +81,7 @@ def make_replica_step(model: keras.Model, optimizer, cfg: TrainConfig, targets_f
     # The divergence check's one cost per step (train/divergence.py). Summed over
     # replicas by the reduction below; under loss scaling an overflow (Inf) is the
     # optimizer's skip, not divergence.
-    grad_norm = tf.linalg.global_norm(grads) * float(num_replicas)
+    grad_norm = gradient_norm(grads) * float(num_replicas)
     skipped = tf.constant(0.0)
     if scales_loss:
       grad_norm = grad_norm / tf.cast(optimizer.dynamic_scale, tf.float32)
