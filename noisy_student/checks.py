@@ -141,8 +141,25 @@ def exists(path: str) -> bool:
   return bool(tf.io.gfile.glob(path)) if pattern else tf.io.gfile.exists(path)
 
 
+def _storage(cfg: Config) -> None:
+  """Raises faults.StorageUnreachable at once when the run names a gs:// path and Cloud
+  Storage cannot be reached (TensorFlow's own calls would retry for minutes)."""
+  t, d, p = cfg.train, cfg.data, cfg.predict
+  named = [("model_dir", t.model_dir), ("label_data_dir", d.label_data_dir),
+           ("unlabel_data_dir", d.unlabel_data_dir), ("eval_data_dir", d.eval_data_dir),
+           ("tfds_data_dir", d.tfds_data_dir), ("pseudo_label_dir", t.pseudo_label_dir),
+           ("teacher_model_path", t.teacher_model_path), ("output_dir", p.output_dir),
+           ("init_model_path", t.init_model_path), ("export_dir", cfg.export.export_dir)]
+  remote = [(flag, path) for flag, path in named
+            if path and (source.path_of(path) or "").startswith("gs://")]
+  reason = faults.gcs_unreachable_reason() if remote else None
+  if reason:
+    raise faults.unreachable(f"--{remote[0][0]}={remote[0][1]}", reason)
+
+
 def _paths(cfg: Config) -> List[str]:
   """Paths this mode reads must exist (local or gs://)."""
+  _storage(cfg)
   t, d, mode = cfg.train, cfg.data, cfg.mode
   paths = [("init_model_path", t.init_model_path),
            ("teacher_model_path", t.teacher_model_path)]
@@ -166,18 +183,21 @@ def _paths(cfg: Config) -> List[str]:
     paths.append(("robustness_baseline", cfg.robustness.baseline))
   checked = [(flag, path, source.path_of(path) if flag in _SOURCE_FLAGS else path)
              for flag, path in paths if path]
-  return [f"--{flag}={path}: no such file or directory"
-          for flag, path, on_disk in checked if on_disk and not _reachable(flag, on_disk)]
+  return [problem for flag, path, on_disk in checked if on_disk
+          for problem in [_missing(flag, path, on_disk)] if problem]
 
 
-def _reachable(flag: str, path: str) -> bool:
-  """exists(path); unreachable storage (no network, no credentials) raises
-  faults.StorageUnreachable at once: the other checks would only repeat it."""
+def _missing(flag: str, path: str, on_disk: str):
+  """A line when `on_disk` does not exist (or cannot be looked at), else None.
+  Unreachable Cloud Storage (no network, no credentials) raises
+  faults.StorageUnreachable at once: every other gs:// check would only repeat it."""
   try:
-    return exists(path)
+    return None if exists(on_disk) else f"--{flag}={path}: no such file or directory"
   except Exception as e:  # pylint: disable=broad-except
-    if faults.is_unreachable_storage(e, path) or "://" in path:
+    if on_disk.startswith("gs://") or faults.is_unreachable_storage(e, on_disk):
       raise faults.unreachable(f"--{flag}={path}", e) from None
+    if "://" in on_disk:
+      return f"--{flag}={path}: cannot be read ({' '.join(str(e).split())[:200]})"
     raise
 
 

@@ -83,8 +83,9 @@ def disk_full(path: str, needed: Optional[int] = None) -> DiskFull:
 _NO_SPACE = ("No space left on device", "ENOSPC", "Disk quota exceeded")
 _UNREACHABLE = ("Could not resolve host", "Couldn't resolve host", "resolve host name",
                 "Could not connect", "Couldn't connect", "Connection refused",
-                "credentials", "Credentials", "Permission denied on", "401", "403",
-                "Timeout was reached", "timed out", "libcurl")
+                "credentials", "Credentials", "Permission denied", "Unauthorized",
+                "Forbidden", "does not have storage.", "Timeout was reached", "timed out",
+                "libcurl")
 
 
 def is_no_space(e: BaseException) -> bool:
@@ -103,12 +104,37 @@ def is_unreachable_storage(e: BaseException, path: str = "") -> bool:
       s in text for s in _UNREACHABLE)
 
 
-def unreachable(path: str, e: BaseException) -> StorageUnreachable:
+def unreachable(path: str, e) -> StorageUnreachable:
+  """The one-line StorageUnreachable for `path` (an exception or a reason string)."""
   reason = " ".join(str(e).split())[:200]
   return StorageUnreachable(
       f"{path}: cannot reach Cloud Storage ({reason}); check the network and the "
       "credentials (gcloud auth application-default login, or GOOGLE_APPLICATION_"
       "CREDENTIALS), then run again")
+
+
+GCS_HOST = "storage.googleapis.com"
+_PROBED: dict = {}
+
+
+def gcs_unreachable_reason(timeout: float = 5.0) -> Optional[str]:
+  """Why Cloud Storage's endpoint cannot be reached from here (DNS, connect), or None.
+
+  TensorFlow's gs:// file system retries a failing request with back-off for minutes;
+  one TCP connection tells the same in at most `timeout` seconds. Skipped (None) when
+  an emulator endpoint is configured. Probed once per process.
+  """
+  if os.environ.get("STORAGE_EMULATOR_HOST") or os.environ.get(
+      "CLOUD_STORAGE_EMULATOR_ENDPOINT"):
+    return None
+  if "reason" not in _PROBED:
+    import socket  # pylint: disable=import-outside-toplevel
+    try:
+      socket.create_connection((GCS_HOST, 443), timeout=timeout).close()
+      _PROBED["reason"] = None
+    except OSError as e:
+      _PROBED["reason"] = f"cannot connect to {GCS_HOST}:443: {e}"
+  return _PROBED["reason"]
 
 
 def _is_tf_error(e: BaseException) -> bool:

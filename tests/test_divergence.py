@@ -75,3 +75,17 @@ def test_mixed_float16_loss_scale_skips_are_not_divergence(tmp_path, monkeypatch
   assert result.global_step == 4 and result.metrics["loss_scale_skips"] == 2
   assert result.metrics["grad_norm"] == 0.0  # No update applied, none counted.
   assert not (tmp_path / divergence.MARKER).exists()
+
+
+def test_a_full_disk_at_a_checkpoint_is_one_line_naming_the_space(tmp_path, monkeypatch):
+  def full(self, checkpoint_number=None):
+    os.makedirs(f"{self.directory}/ckpt-{checkpoint_number}_temp")  # As a failed save.
+    raise tf.errors.ResourceExhaustedError(
+        None, None, f"{self.directory}/ckpt-1_temp/part-0; No space left on device")
+  monkeypatch.setattr(tf.train.CheckpointManager, "save", full)
+  with pytest.raises(faults.DiskFull) as e:
+    _train(_cfg(tmp_path, train_steps=1, iterations_per_loop=1, base_learning_rate=0.05))
+  assert str(e.value).startswith(f"no space left on the device writing {tmp_path} (needs "
+                                 "about ")
+  assert "KB" in str(e.value) and "run the same command again to resume" in str(e.value)
+  assert not (tmp_path / "ckpt-1_temp").exists()  # The partial checkpoint is removed.

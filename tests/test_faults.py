@@ -34,6 +34,7 @@ def test_full_disk_errors_of_python_and_tensorflow_are_one_line(tmp_path):
 
 
 def test_unreachable_storage_in_the_checks_is_one_line(monkeypatch):
+  monkeypatch.setenv("STORAGE_EMULATOR_HOST", "localhost:1")  # No probe: TF's own error.
   def no_network(path):
     raise tf.errors.FailedPreconditionError(None, None, NO_HOST)
   monkeypatch.setattr(tf.io.gfile, "exists", no_network)
@@ -43,6 +44,21 @@ def test_unreachable_storage_in_the_checks_is_one_line(monkeypatch):
   assert str(e.value).startswith("--label_data_dir=gs://b/labeled: cannot reach Cloud "
                                  "Storage (Error executing an HTTP request")
   assert "credentials" in str(e.value) and len(str(e.value).splitlines()) == 1
+
+
+def test_a_dead_network_is_found_in_seconds_before_tensorflow_retries(monkeypatch):
+  import socket  # pylint: disable=import-outside-toplevel
+  monkeypatch.setattr(faults, "_PROBED", {})
+  monkeypatch.delenv("STORAGE_EMULATOR_HOST", raising=False)
+  def no_route(address, timeout=None):
+    raise OSError(101, "Network is unreachable")
+  monkeypatch.setattr(socket, "create_connection", no_route)
+  monkeypatch.setattr(tf.io.gfile, "exists", lambda path: pytest.fail("not reached"))
+  cfg = config_lib.Config(train=config_lib.TrainConfig(model_dir="gs://b/run"))
+  with pytest.raises(faults.StorageUnreachable, match=r"^--model_dir=gs://b/run: cannot "
+                     r"reach Cloud Storage \(cannot connect to storage.googleapis.com:443: "
+                     r"\[Errno 101\] Network is unreachable\)"):
+    checks.problems(cfg)
 
 
 MOCKED_MAIN = f"""
@@ -108,3 +124,43 @@ def test_a_folder_with_no_decodable_image_stops_before_the_teacher(tmp_path):
                      f"4 images decodes \\(4 skipped, e.g. {tmp_path}/U/0.png"):
     modes.run(cfg)
   assert not os.path.exists(f"{tmp_path}/run/teacher")
+
+
+def test_leftover_tmp_exports_of_dead_processes_are_removed_at_the_next_export(tmp_path):
+  from noisy_student import export  # pylint: disable=import-outside-toplevel
+  dead = subprocess.Popen([sys.executable, "-c", "pass"])
+  dead.wait()
+  alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+  try:
+    for name in (f"tmp-1-{dead.pid}", f"tmp-2-{alive.pid}", "1"):
+      os.makedirs(tmp_path / name / "variables")
+    assert export.remove_leftovers(str(tmp_path)) == [f"{tmp_path}/tmp-1-{dead.pid}"]
+    assert sorted(os.listdir(tmp_path)) == ["1", f"tmp-2-{alive.pid}"]
+  finally:
+    alive.kill()
+    alive.wait()
+
+
+@pytest.mark.slow
+def test_a_real_full_disk_while_checkpointing_ends_in_one_line(tmp_path):
+  """The smoke pipeline in a 600 KB tmpfs: the teacher's first checkpoint (about 830 KB)
+  does not fit."""
+  if os.geteuid() != 0:
+    pytest.skip("mounting a small tmpfs needs root")
+  mount = tmp_path / "small"
+  mount.mkdir()
+  subprocess.run(["mount", "-t", "tmpfs", "-o", "size=600k", "tmpfs", str(mount)],
+                 check=True)
+  try:
+    proc = subprocess.run(
+        [sys.executable, "-m", "noisy_student", f"--flagfile={REPO}/flags/presets/smoke.flags",
+         "--norobustness", f"--model_dir={mount}/run"], cwd=REPO, env=ENV,
+        capture_output=True, text=True, timeout=1800)
+    left = os.listdir(mount / "run" / "teacher")
+  finally:
+    subprocess.run(["umount", str(mount)], check=True)
+  lines = [l for l in proc.stderr.splitlines() if l.startswith("noisy-student: error:")]
+  assert proc.returncode == faults.DISK_FULL, proc.stderr[-3000:]
+  assert len(lines) == 1 and "no space left on the device writing" in lines[0]
+  assert "needs about" in lines[0] and "Traceback" not in proc.stderr
+  assert not [n for n in left if n.endswith("_temp")]
