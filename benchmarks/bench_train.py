@@ -119,8 +119,28 @@ def keras_fit(size: int, batch: int, loop: int, *, jit_compile: str = "auto",
   return batch * loop * 2 / sum(timer.times[1:])
 
 
+def _with_and_without_check(size: int, args: argparse.Namespace, kwargs, swap: bool):
+  """(images/s with the divergence check, without it); `swap` runs "without" second, so
+  alternate repeats cancel a drift of the machine's load."""
+  def without():
+    real = steps_lib.gradient_norm
+    steps_lib.gradient_norm = lambda grads: tf.constant(0.0)
+    try:
+      return ours(size, args.batch, args.loop, jit_compile=args.jit_compile, **kwargs)
+    finally:
+      steps_lib.gradient_norm = real
+
+  def with_check():
+    return ours(size, args.batch, args.loop, jit_compile=args.jit_compile, **kwargs)
+  if swap:
+    mine = with_check()
+    return mine, without()
+  other = without()
+  return with_check(), other
+
+
 def compare(size: int, args: argparse.Namespace, model: str = "efficientnet-b0",
-            against: Optional[str] = None) -> Dict[str, float]:
+            against: Optional[str] = None, repeat: int = 0) -> Dict[str, float]:
   """One side-by-side measurement: {"ours", "other", "ratio", ...} in images/s."""
   against = against or args.compare
   kwargs = dict(model=model, unlabel_ratio=args.unlabel_ratio,
@@ -130,13 +150,7 @@ def compare(size: int, args: argparse.Namespace, model: str = "efficientnet-b0",
     mine = ours(size, args.batch, args.loop, jit_compile="true", **kwargs)
     label = "ours without XLA"
   elif against == "divergence":
-    real = steps_lib.gradient_norm
-    steps_lib.gradient_norm = lambda grads: tf.constant(0.0)
-    try:
-      other = ours(size, args.batch, args.loop, jit_compile=args.jit_compile, **kwargs)
-    finally:
-      steps_lib.gradient_norm = real
-    mine = ours(size, args.batch, args.loop, jit_compile=args.jit_compile, **kwargs)
+    mine, other = _with_and_without_check(size, args, kwargs, swap=repeat % 2 == 1)
     label = "ours without the check"
   else:
     other = keras_fit(size, args.batch, args.loop, jit_compile=args.jit_compile,
@@ -173,8 +187,8 @@ def parser() -> argparse.ArgumentParser:
 
 def main() -> None:
   args = parser().parse_args()
-  results = [compare(size, args, model) for model in args.models for size in args.sizes
-             for _ in range(args.repeats)]
+  results = [compare(size, args, model, repeat=r) for model in args.models
+             for size in args.sizes for r in range(args.repeats)]
   if args.json:
     with open(args.json, "w") as f:
       json.dump(results, f, indent=1)
