@@ -137,13 +137,17 @@ def exists(path: str) -> bool:
   pattern = any(c in path for c in "*?[")
   if "://" not in path:
     return bool(glob.glob(path)) if pattern else os.path.exists(path)
+  reason = faults.gcs_unreachable_reason() if path.startswith("gs://") else None
+  if reason:  # At once: TensorFlow's own call would retry for minutes.
+    raise faults.unreachable(path, reason)
   import tensorflow as tf  # pylint: disable=import-outside-toplevel (only for remote paths)
   return bool(tf.io.gfile.glob(path)) if pattern else tf.io.gfile.exists(path)
 
 
-def _storage(cfg: Config) -> None:
+def storage(cfg: Config) -> None:
   """Raises faults.StorageUnreachable at once when the run names a gs:// path and Cloud
-  Storage cannot be reached (TensorFlow's own calls would retry for minutes)."""
+  Storage cannot be reached (TensorFlow's own calls would retry for minutes). Run before
+  any work, not by problems(): a flag's check needs no network."""
   t, d, p = cfg.train, cfg.data, cfg.predict
   named = [("model_dir", t.model_dir), ("label_data_dir", d.label_data_dir),
            ("unlabel_data_dir", d.unlabel_data_dir), ("eval_data_dir", d.eval_data_dir),
@@ -159,7 +163,6 @@ def _storage(cfg: Config) -> None:
 
 def _paths(cfg: Config) -> List[str]:
   """Paths this mode reads must exist (local or gs://)."""
-  _storage(cfg)
   t, d, mode = cfg.train, cfg.data, cfg.mode
   paths = [("init_model_path", t.init_model_path),
            ("teacher_model_path", t.teacher_model_path)]
@@ -193,6 +196,8 @@ def _missing(flag: str, path: str, on_disk: str):
   faults.StorageUnreachable at once: every other gs:// check would only repeat it."""
   try:
     return None if exists(on_disk) else f"--{flag}={path}: no such file or directory"
+  except faults.StorageUnreachable:  # Found by the probe: the same line, naming the flag.
+    raise faults.unreachable(f"--{flag}={path}", faults.gcs_unreachable_reason()) from None
   except Exception as e:  # pylint: disable=broad-except
     if on_disk.startswith("gs://") or faults.is_unreachable_storage(e, on_disk):
       raise faults.unreachable(f"--{flag}={path}", e) from None

@@ -45,6 +45,8 @@ def main(argv: Sequence[str]) -> None:
     _fail([str(e)])
   try:
     errors = checks.problems(config)
+    if not errors:
+      checks.storage(config)
   except faults.Fault as e:  # Unreachable storage: no point in checking further.
     _fail([_one_line(e)], e.exit_code)
   if errors:

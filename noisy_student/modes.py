@@ -27,6 +27,7 @@ def run(cfg: config_lib.Config) -> Any:
   (faults.Locked when another run holds it) and runs its mode; returns what the mode
   produced (the results rows, a TrainResult, a phase result)."""
   checks.check(cfg)
+  checks.storage(cfg)
   with lock.hold(cfg.train.model_dir, enabled=lock.holds_lock(cfg)):
     return _run(cfg)
 

@@ -55,9 +55,16 @@ def test_a_dead_network_is_found_in_seconds_before_tensorflow_retries(monkeypatc
   monkeypatch.setattr(socket, "create_connection", no_route)
   monkeypatch.setattr(tf.io.gfile, "exists", lambda path: pytest.fail("not reached"))
   cfg = config_lib.Config(train=config_lib.TrainConfig(model_dir="gs://b/run"))
+  assert checks.problems(cfg) == []  # A flag's check needs no network...
   with pytest.raises(faults.StorageUnreachable, match=r"^--model_dir=gs://b/run: cannot "
                      r"reach Cloud Storage \(cannot connect to storage.googleapis.com:443: "
                      r"\[Errno 101\] Network is unreachable\)"):
+    checks.storage(cfg)  # ...the run's first step does.
+  # A gs:// path a mode reads is looked at through the same probe, naming its flag.
+  cfg = config_lib.Config(mode="eval", train=config_lib.TrainConfig(model_dir="gs://b/run"))
+  with pytest.raises(faults.StorageUnreachable, match=r"^--model_dir=gs://b/run: cannot "
+                     r"reach Cloud Storage \(cannot connect to storage.googleapis.com:443: "
+                     r"\[Errno 101\] Network is unreachable\); check the network"):
     checks.problems(cfg)
 
 
