@@ -116,9 +116,10 @@ class AutoIterations:
           "from the one this run started with "
           f"({phases.Markers(ctx.root).path('validation-split')}): the labeled images "
           "changed since; use a new --model_dir")
+    counts = list(held.per_class.values()) or [0]
     logging.info("--iterations=auto: %d labeled images held out to decide on iterating "
-                 "(%s per class), %d to train on.", held.num_images,
-                 ",".join(map(str, held.per_class.values())), held.num_train_images)
+                 "(%d to %d per class), %d to train on.", held.num_images, min(counts),
+                 max(counts), held.num_train_images)
     self.held, self.last, self.comparison = held, None, None
     self.final, self.final_name, self.student_name, self.trained = None, "", "", 0
 
