@@ -70,9 +70,12 @@ class BlockSpec:
     return self.stride == 1 and self.input_filters == self.output_filters
 
 
-# (width, depth, resolution, dropout). `efficientnet-test` is a tiny model for tests that
-# goes through the same builder; depth 0.3 keeps one identity-skip block with stochastic
-# depth (block6b) besides block1a.
+# (width, depth, resolution, dropout). `efficientnet-t0..t2` are CPU-sized 32-pixel models
+# (meant for --small_image) that grow as B0 -> B1 -> B2 do, so a small run's students can
+# be equal or larger than their teacher as the paper's are (its B7 -> L0 -> L1 -> L2); t0 is
+# the demo's teacher (flags/presets/demo.flags says how they were measured).
+# `efficientnet-test` is a tiny model for tests that goes through the same builder; depth
+# 0.3 keeps one identity-skip block with stochastic depth (block6b) besides block1a.
 _TABLE: Tuple[ModelParams, ...] = (
     ModelParams("efficientnet-b0", 1.0, 1.0, 224, 0.2),
     ModelParams("efficientnet-b1", 1.0, 1.1, 240, 0.2),
@@ -84,6 +87,9 @@ _TABLE: Tuple[ModelParams, ...] = (
     ModelParams("efficientnet-b7", 2.0, 3.1, 600, 0.5),
     ModelParams("efficientnet-b8", 2.2, 3.6, 672, 0.5),
     ModelParams("efficientnet-l2", 4.3, 5.3, 800, 0.5),
+    ModelParams("efficientnet-t0", 0.1, 0.3, 32, 0.2),
+    ModelParams("efficientnet-t1", 0.15, 0.4, 32, 0.2),
+    ModelParams("efficientnet-t2", 0.2, 0.5, 32, 0.2),
     ModelParams("efficientnet-test", 0.1, 0.3, 32, 0.2),
 )
 _BY_NAME = {p.name: p for p in _TABLE}

@@ -97,8 +97,8 @@ def format_table(names: Sequence[str], num_classes: int = 1000) -> str:
     cost = model_cost(name, num_classes)
     gflops = cost.multiply_adds / 1e9
     lines.append(
-        f"{name:<20}{row.resolution:>11}{row.width_coefficient:>7.1f}"
-        f"{row.depth_coefficient:>7.1f}{row.dropout_rate:>9.1f}{cost.params:>14,}"
+        f"{name:<20}{row.resolution:>11}{row.width_coefficient:>7.2f}"
+        f"{row.depth_coefficient:>7.2f}{row.dropout_rate:>9.1f}{cost.params:>14,}"
         + (f"{gflops:>9.2f}" if gflops >= 0.01 else f"{gflops:>9.4f}"))
   lines.append(f"params: trainable, with {num_classes} classes.")
   lines.append("GFLOPs: billions of multiply-adds at the native resolution "

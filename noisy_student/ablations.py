@@ -37,13 +37,14 @@ Row = Dict[str, Any]
 
 
 def seed_config(cfg: Config, seed: int) -> Config:
-  """The main arm of one seed: a pipeline of students of the teacher's size (whatever
-  --student_model_names says), no fine-tune or export."""
+  """The main arm of one seed: a pipeline of --ablation_iterations students of the
+  teacher's size (whatever --student_model_names and --iterations say: every seed's rows
+  are the same iterations), no fine-tune or export."""
   student = cfg.model.model_name
   return dataclasses.replace(
       replace(cfg, data={"seed": seed},
                train={"model_dir": f"{cfg.train.model_dir.rstrip('/')}/seed_{seed}"},
-               pipeline={"finetune": False, "export_at_end": False,
+               pipeline={"finetune": False, "export_at_end": False, "iterations": "all",
                          "student_unlabel_ratios": cfg.pipeline.student_unlabel_ratios[:1]}),
       student_model_names=(student,) * cfg.ablation.iterations)
 

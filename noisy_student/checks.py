@@ -49,7 +49,7 @@ def problems(cfg: Config) -> List[str]:
 
 
 def _models(cfg: Config) -> List[str]:
-  names, resolution = efficientnet.MODEL_NAMES, efficientnet.native_resolution
+  names = efficientnet.MODEL_NAMES
   known = ", ".join(sorted(names))
   all_names = [("model_name", cfg.model.model_name)]
   all_names += [("student_model_names", n) for n in cfg.student_model_names]
@@ -59,16 +59,27 @@ def _models(cfg: Config) -> List[str]:
             for flag, name in all_names if name not in names]
   if errors or cfg.mode != "pipeline" or cfg.pipeline.allow_smaller_student:
     return errors
-  # The paper's student is equal or larger than its teacher; the native resolution
-  # orders the family (test < b0 < ... < b8 < l2).
+  # The paper's student is equal or larger than its teacher (B7 -> L0 -> L1 -> L2):
+  # compared by trainable parameters as this run builds them (its width / depth
+  # overrides apply to every model).
   previous = cfg.model.model_name
   for i, name in enumerate(cfg.student_model_names):
-    if resolution(name) < resolution(previous):
+    student, teacher = model_params(cfg, name), model_params(cfg, previous)
+    if student < teacher:
       errors.append(
           f"--student_model_names: iteration {i + 1}'s student {name} is smaller than its "
-          f"teacher {previous}; use an equal or larger model or --allow_smaller_student")
+          f"teacher {previous} ({student:,} < {teacher:,} parameters); use an equal or "
+          "larger model or --allow_smaller_student")
     previous = name
   return errors
+
+
+def model_params(cfg: Config, name: str) -> int:
+  """Trainable parameters of model `name` as `cfg` builds it (analytic: no Keras)."""
+  m = cfg.model
+  return efficientnet.model_cost(
+      name, m.num_label_classes or 1000, small_image=m.small_image,
+      width_coefficient=m.width_coefficient, depth_coefficient=m.depth_coefficient).params
 
 
 def _ratios(cfg: Config) -> List[str]:

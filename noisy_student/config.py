@@ -27,6 +27,9 @@ STRATEGIES = ("auto", "default", "one_device", "mirrored", "multi_worker", "tpu"
 DTYPE_POLICIES = ("float32", "mixed_bfloat16", "mixed_float16")
 JIT_COMPILE_SETTINGS = ("auto", "true", "false")  # DistributeConfig.jit_compile.
 RANDAUG_VARIANTS = ("original", "scaled")  # noisy_student/data/augment_table.py
+# PipelineConfig.iterations: every --student_model_names, or while they pay
+# (noisy_student/iterate.py).
+ITERATION_RULES = ("all", "auto")
 # The students' unlabeled:labeled batch ratio when --unlabel_ratio is unset in the loop
 # modes: the embedded digits demo's value (the paper: 1 to 28, larger models take more;
 # the SVHN example: 5).
@@ -55,7 +58,7 @@ _SOURCE_HELP = (
 def normalize_model_name(name: str) -> str:
   """'b0' / 'B0' / 'efficientnet-b0' -> 'efficientnet-b0'; other names pass through."""
   name = name.strip().lower()
-  if re.fullmatch(r"b\d|l2|test", name):
+  if re.fullmatch(r"b\d|l2|t\d|test", name):
     return "efficientnet-" + name
   return name
 
@@ -74,8 +77,8 @@ class ModelConfig:
   """Which network to build (see `efficientnet.build_model`)."""
   model_name: str = setting(
       "efficientnet-b0", "The teacher's model (and the student's in --mode=train): "
-      "efficientnet-b0..b8, efficientnet-l2 or efficientnet-test; 'b0' is short for "
-      "efficientnet-b0.")
+      "efficientnet-b0..b8, efficientnet-l2, the CPU-sized 32-pixel efficientnet-t0..t2, or "
+      "efficientnet-test; 'b0' is short for efficientnet-b0.")
   num_label_classes: Optional[int] = setting(
       None, "Number of classes; unset: taken from the labeled data.", check=greater(0))
   input_image_size: Optional[int] = setting(
@@ -90,9 +93,12 @@ class ModelConfig:
   small_image: bool = setting(
       False, "The original's 32-pixel variant: stride 1 in the 2nd and 3rd stages.")
   width_coefficient: Optional[float] = setting(
-      None, "Overrides the model table's width.", check=greater(0))
+      None, "Overrides the model table's width, for the teacher and every student alike "
+      "(students that grow take larger --student_model_names instead, e.g. t0 -> t1, t2).",
+      check=greater(0))
   depth_coefficient: Optional[float] = setting(
-      None, "Overrides the model table's depth.", check=greater(0))
+      None, "Overrides the model table's depth, for every model alike (as "
+      "--width_coefficient).", check=greater(0))
   sync_batch_norm: bool = setting(
       False, "Cross-replica batch norm (always on with more than one replica).")
   dtype_policy: Optional[str] = setting(
@@ -335,7 +341,20 @@ class PipelineConfig:
       "filter_unlabel.sh once, then reassign.sh, predict_label.py --reassign_label). "
       "Unset: each iteration filters with its own teacher.")
   allow_smaller_student: bool = setting(
-      False, "Allow a student smaller than its teacher (the paper's never is).")
+      False, "Allow a student with fewer parameters than its teacher (the paper's never "
+      "has: B7 -> L0 -> L1 -> L2); unset, such --student_model_names are refused.")
+  iterations: str = setting(
+      "all", "Pipeline: which of --student_model_names to train. all: every one. auto: "
+      "hold out --validation_fraction of the labeled images (stratified per class, by "
+      "--seed; no model trains on them) and start the next iteration only while each "
+      "student beats its teacher on them by more than the standard error of the "
+      "difference; --student_model_names is the cap, and the last student that beat its "
+      "teacher is the final model (fine-tuned, exported). The results table says why it "
+      "stopped (noisy_student/iterate.py).", choices=ITERATION_RULES)
+  validation_fraction: float = setting(
+      0.1, "Pipeline with --iterations=auto: the share of each class's labeled images held "
+      "out to decide on iterating (at least one per class, and one left to train on).",
+      check=lambda v: greater(0)(v) or in_range(0, 1, high_open=True)(v))
   finetune: bool = setting(
       False, "Pipeline: fine-tune the last student at the test resolution on unaugmented "
       "labeled images, shallow layers frozen (FixRes).")

@@ -14,8 +14,9 @@ import efficientnet
 from noisy_student import config as config_lib
 from noisy_student import phases
 from noisy_student import train as train_lib
+from noisy_student.data import holdout
 from noisy_student.data import sources
-from noisy_student.results import TrainedModel
+from noisy_student.results import Iterations, TrainedModel
 from noisy_student.train import checkpoints
 from noisy_student.train import distribute
 
@@ -28,6 +29,7 @@ class Context:
     self.root = cfg.train.model_dir.rstrip("/")
     self._strategy = None
     self._sources = {}
+    self._split = None
 
   @property
   def strategy(self) -> tf.distribute.Strategy:
@@ -41,7 +43,17 @@ class Context:
     return distribute.resolve_jit_compile(self.cfg.distribute.jit_compile, self.strategy)
 
   def source(self, which: str) -> sources.Source:
-    """'label', 'unlabel' or 'eval': the source of that flag, opened once."""
+    """'label', 'unlabel', 'eval' or 'validation': the source of that flag, opened once.
+
+    With a validation split (`validation_fraction`), 'label' is the labeled data without
+    the held-out images, so no model (teacher, students, fine-tune, the teacher check)
+    sees them, and 'validation' is the held-out part."""
+    if which in ("label", "validation") and self.validation_fraction:
+      part = self.validation_split()
+      return part.train if which == "label" else part.held_out
+    return self._open(which)
+
+  def _open(self, which: str) -> sources.Source:
     if which not in self._sources:
       d = self.cfg.data
       spec = {"label": d.label_data_dir, "unlabel": d.unlabel_data_dir,
@@ -52,6 +64,23 @@ class Context:
           labeled=False if which == "unlabel" else None,
           split={"label": "train", "unlabel": "unlabeled", "eval": "eval"}[which])
     return self._sources[which]
+
+  @property
+  def validation_fraction(self) -> Optional[float]:
+    """The share of the labeled images held out: --validation_fraction with
+    --iterations=auto in --mode=pipeline, else None (nothing held out)."""
+    p = self.cfg.pipeline
+    return (p.validation_fraction if self.cfg.mode == "pipeline" and p.iterations == "auto"
+            else None)
+
+  def validation_split(self) -> holdout.Split:
+    """The labeled data's held-out split (seeded by --seed), made once."""
+    if self._split is None:
+      if not self.validation_fraction:
+        raise ValueError("no validation split: one is held out only with --iterations=auto")
+      self._split = holdout.split(self._open("label"), self.validation_fraction,
+                                  self.cfg.data.seed)
+    return self._split
 
   @property
   def class_names(self) -> List[str]:
@@ -86,6 +115,8 @@ class Context:
     other._strategy = self._strategy  # pylint: disable=protected-access
     if _source_fields(cfg.data) == _source_fields(self.cfg.data):
       other._sources = self._sources  # pylint: disable=protected-access
+      if other.validation_fraction == self.validation_fraction:
+        other._split = self._split  # pylint: disable=protected-access
     return other
 
 
@@ -108,14 +139,31 @@ def trained(path: str, model_cfg: config_lib.ModelConfig, **extra) -> TrainedMod
 
 
 def trained_model_of(path: str) -> TrainedModel:
-  """A model_dir, or a pipeline's model_dir (its last model: fine-tuned, else the last
-  student, else the teacher), or a .keras file or checkpoint prefix beside a
-  build_config.json -> TrainedModel."""
+  """A model_dir, or a pipeline's model_dir (its final model: fine-tuned, else the one
+  --iterations=auto kept, else the last student, else the teacher), or a .keras file or
+  checkpoint prefix beside a build_config.json -> TrainedModel."""
   markers = phases.Markers(path)
   done = markers.done()
+  if "finetune" in done:
+    return TrainedModel.from_json(markers.get("finetune")["result"])
+  if "iterations" in done:
+    return Iterations.from_json(markers.get("iterations")["result"]).final_model
   students = sorted((int(n.split("-")[1]) for n in done if re.fullmatch(r"student-\d+", n)))
-  for name in ["finetune"] + [f"student-{i}" for i in reversed(students)] + ["teacher"]:
+  for name in [f"student-{i}" for i in reversed(students)] + ["teacher"]:
     if name in done:
       return TrainedModel.from_json(markers.get(name)["result"])
   directory = path if tf.io.gfile.isdir(path) else os.path.dirname(path) or "."
   return trained(path, checkpoints.read_build_config(directory)["model"])
+
+
+def model_params(model: TrainedModel) -> Optional[int]:
+  """Trainable parameters of a trained model, from its build_config.json (analytic, as
+  `efficientnet-table` counts them); None when it has none."""
+  try:
+    build = checkpoints.read_build_config(model.directory)
+  except FileNotFoundError:
+    return None
+  m = build["model"]
+  return efficientnet.model_cost(
+      m.model_name, build["num_classes"], small_image=m.small_image,
+      width_coefficient=m.width_coefficient, depth_coefficient=m.depth_coefficient).params

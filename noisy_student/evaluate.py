@@ -225,6 +225,17 @@ def evaluate(model: keras.Model, dataset: tf.data.Dataset, *,
                     confusion=confusion.tolist(), class_names=names, top_k=k)
 
 
+def correct_per_image(model: keras.Model, dataset: tf.data.Dataset) -> np.ndarray:
+  """bool [N]: whether `model`'s top-1 is right on each image of a batched `(images,
+  labels)` dataset, in its order. Keeps one value per image, so it is for small sets (the
+  held-out labeled images of --iterations=auto); Keras' predict runs the batches."""
+  labels = [y.numpy() for _, y in dataset]
+  if not labels:
+    return np.zeros([0], bool)
+  logits = model.predict(dataset.map(lambda x, y: x), verbose=0)
+  return np.argmax(logits, axis=-1) == np.concatenate(labels)
+
+
 def plot_confusion(result: EvalResult, path: str, title: str = "") -> None:
   """Saves the row-normalised confusion matrix as a PNG (any tf.io.gfile path)."""
   plt = plots.pyplot()
@@ -287,24 +298,36 @@ def _robustness_cells(row: dict) -> str:
   return "".join(cells)
 
 
+def _held_out_cell(row: dict) -> str:
+  value = row.get("validation_top1")
+  return f"{'-':>9}" if value is None else f"{100 * value:>8.2f}%"
+
+
 def format_table(rows: Sequence[dict]) -> str:
-  """The results table: one line per model (teacher first), top-1 and top-k in %; with
+  """The results table: one line per model (teacher first), its trainable parameters,
+  top-1 and top-k in %; with --iterations=auto its top-1 on the held-out labeled images
+  ("not kept": a student that did not beat its teacher there); with
   robustness reports also the mean corruption error, mCE, mFR and FGSM accuracy at the
   largest eps (mCE and mFR relative to the teacher or --robustness_baseline: 100 = as
   robust as it, lower is better)."""
   k = rows[0]["top_k"] if rows else 5
   robust = any("mce" in r for r in rows)
-  header = f"{'model':<14}{'network':<20}{'size':>5}{'top-1':>9}{f'top-{k}':>9}{'images':>8}"
+  held = any(r.get("validation_top1") is not None for r in rows)
+  header = (f"{'model':<14}{'network':<20}{'size':>5}{'params':>10}{'top-1':>9}"
+            f"{f'top-{k}':>9}{'images':>8}" + (f"{'held-out':>9}" if held else ""))
   if robust:
     eps = next((r["fgsm_epsilon"] for r in rows if r.get("fgsm_epsilon") is not None), None)
     header += "".join(f"{h if h != 'FGSM' or eps is None else f'FGSM@{eps:g}':>9}"
                       for h, *_ in _ROBUSTNESS_COLUMNS)
   lines = [header]
   for r in rows:
-    lines.append(f"{r['name']:<14}{r['model']:<20}{r['image_size']:>5}"
+    params = f"{r['params']:>10,}" if r.get("params") else f"{'-':>10}"
+    lines.append(f"{r['name']:<14}{r['model']:<20}{r['image_size']:>5}{params}"
                  f"{100 * r['top1']:>8.2f}%{100 * r['top5']:>8.2f}%{r['num_images']:>8}"
+                 + (_held_out_cell(r) if held else "")
                  + (_robustness_cells(r) if robust else "")
-                 + ("  < its teacher" if r.get("worse_than_teacher") else ""))
+                 + ("  < its teacher" if r.get("worse_than_teacher") else "")
+                 + ("  not kept" if r.get("kept") is False else ""))
   return "\n".join(lines)
 
 

@@ -11,7 +11,8 @@ at most one checkpoint period of work. A finished phase whose settings changed i
 
 Layout of `<model_dir>`:
   config.json              the resolved settings of the latest run
-  phases/*.json            completion markers
+  phases/*.json            completion markers (with --iterations=auto also the held-out
+                           split's, each model's held-out result and how the loop ended)
   teacher/, student_<i>/   training runs (checkpoints, TensorBoard, build_config.json)
   pseudo_<i>/              pseudo-label shards, balance plan, report and plot
   finetune/final.keras     the fine-tuned last student (with --finetune)
@@ -29,10 +30,12 @@ import tensorflow as tf
 
 from noisy_student import balance as balance_lib
 from noisy_student import config as config_lib
+from noisy_student import context as context_lib
 from noisy_student.context import Context, class_names_of, trained, trained_model_of
 from noisy_student import evaluate as evaluate_lib
 from noisy_student import export as export_lib
 from noisy_student import finetune as finetune_lib
+from noisy_student import iterations as iterations_lib
 from noisy_student import phases
 from noisy_student import predict as predict_lib
 from noisy_student import robustness
@@ -322,7 +325,10 @@ def fingerprints(cfg: config_lib.Config) -> Dict[str, phases.Fingerprint]:
   # The teacher's own length and size: a student-only change does not retrain it.
   teacher = {**train, **teacher_length(cfg),
              "image_size": cfg.pipeline.teacher_image_size or cfg.model.input_image_size}
-  return {"data": {"data": cfg.data, "model": cfg.model},
+  # Held-out labeled images change what every model trains on (None: nothing held out).
+  held = ({"fraction": cfg.pipeline.validation_fraction}
+          if cfg.mode == "pipeline" and cfg.pipeline.iterations == "auto" else None)
+  return {"data": {"data": cfg.data, "model": cfg.model, "holdout": held},
           "teacher": {"train": teacher}, "train": {"train": train},
           "predict": predict, "filter": {"filter": cfg.filter},
           "finetune": {k: v for k, v in dataclasses.asdict(cfg.pipeline).items()
@@ -343,10 +349,15 @@ def student_ratio(cfg: config_lib.Config, i: int) -> float:
 
 
 def plan(cfg: config_lib.Config) -> List[str]:
-  """The phase names of this pipeline, in order."""
-  names = ["teacher", "eval-teacher", "check-teacher"]
+  """The phase names of this pipeline, in order (with --iterations=auto, up to its cap)."""
+  auto = cfg.pipeline.iterations == "auto"
+  names = ["validation-split"] if auto else []
+  names += ["teacher", "eval-teacher", "check-teacher"] + (["validate-teacher"] if auto
+                                                           else [])
   for i in range(1, len(cfg.student_model_names) + 1):
     names += [f"predict-{i}", f"balance-{i}", f"student-{i}", f"eval-student-{i}"]
+    names += [f"validate-student-{i}"] if auto else []
+  names += ["iterations"] if auto else []
   if cfg.pipeline.finetune:
     names += ["finetune", "eval-finetune"]
   if cfg.pipeline.export_at_end:
@@ -357,7 +368,7 @@ def plan(cfg: config_lib.Config) -> List[str]:
 def result_row(name: str, model: TrainedModel, result: Evaluation) -> Dict[str, Any]:
   """One line of the results table (JSON-able)."""
   return {"name": name, "model": model.model_name, "image_size": model.image_size,
-          "top1": result.top1, "top5": result.top5, "top_k": result.top_k,
+          "params": context_lib.model_params(model), "top1": result.top1, "top5": result.top5, "top_k": result.top_k,
           "num_images": result.num_images, "path": model.path, **result.robustness}
 
 
@@ -390,11 +401,14 @@ def run_pipeline(cfg: config_lib.Config, ctx: Optional[Context] = None
                                           lambda: evaluate_model(ctx, model, name),
                                           Evaluation, last=True))
 
+  rule = iterations_lib.AutoIterations(ctx, phase) if ctx.validation_fraction else None
   model = phase("teacher", fp["teacher"], lambda: train_teacher(ctx), TrainedModel)
   rows = [evaluated("teacher", model, "teacher")]
   teacher = model
   checked = phase("check-teacher", {"model": teacher}, lambda: check_teacher(
       ctx, teacher, rows[0]["top1"]), TeacherCheck, last=True)
+  if rule:
+    rule.start(teacher, rows[0])
   first = None  # The first iteration's filtered set (--reassign_label relabels it).
   for i, name in enumerate(cfg.student_model_names, start=1):
     teacher, ratio = model, student_ratio(cfg, i)
@@ -418,13 +432,20 @@ def run_pipeline(cfg: config_lib.Config, ctx: Optional[Context] = None
                   lambda: train_student(ctx, i, name, ratio, balanced), TrainedModel)
     row = evaluated(f"student {i}", model, f"student-{i}")
     rows.append(dict(row, worse_than_teacher=row["top1"] < rows[-1]["top1"]))
+    if rule and not rule.judge(i, model, rows[-1]):
+      break
+  outcome = rule.finish() if rule else None
+  model = outcome.final_model if outcome else model
   if cfg.pipeline.finetune:
     student = model
     model = phase("finetune", {"model": student, **fp["finetune"]},
                   lambda: finetune_model(ctx, student), TrainedModel, last=True)
     rows.append(evaluated("fine-tuned", model, "finetune"))
-  evaluate_lib.write_results(rows, ctx.root, notes=notes(rows, checked),
-                             teacher_check=checked.to_json())
+  evaluate_lib.write_results(
+      rows, ctx.root, notes=notes(rows, checked) + (
+          [f"Iterations: {outcome.reason}."] if outcome else []),
+      teacher_check=checked.to_json(),
+      iterations=iterations_lib.summary(cfg, rows, outcome))
   if cfg.pipeline.export_at_end:
     final = model
     exported = phase("export", {"model": final, **fp["export"]},

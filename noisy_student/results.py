@@ -106,3 +106,36 @@ class TeacherCheck(Result):
   rise: Optional[float]  # Noised training accuracy: last 10% of steps minus the 10% before.
   held_out_accuracy: Optional[float] = None  # Top-1 on the eval data, when evaluated.
   warnings: List[str] = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass(frozen=True)
+class HeldOut(Result):
+  """The labeled images held out by --iterations=auto (noisy_student/data/holdout.py)."""
+  num_images: int
+  num_train_images: int  # What the models train on.
+  per_class: Dict[str, int] = dataclasses.field(default_factory=dict)
+  digest: str = ""  # sha256 of the sorted held-out ids: a resumed run must match it.
+
+
+@dataclasses.dataclass(frozen=True)
+class Validation(Result):
+  """A model on the held-out labeled images: which it got right, in the split's order
+  ('1' right, '0' wrong), so two models compare image by image (noisy_student/iterate.py)."""
+  top1: float
+  num_images: int
+  correct: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Iterations(Result):
+  """How --iterations=auto ended: the final model (the last student that beat its
+  teacher, or the teacher) and why the loop stopped."""
+  final: Dict[str, Any]  # A TrainedModel's JSON.
+  final_name: str  # Its row in the results table ("teacher", "student 2").
+  reason: str
+  validation_images: int
+  students_trained: int
+
+  @property
+  def final_model(self) -> TrainedModel:
+    return TrainedModel.from_json(self.final)

@@ -34,7 +34,8 @@ def _images(n=2, size=32, seed=0):
 
 
 def test_table_has_every_model_and_rejects_unknown_names():
-  expected = [f"efficientnet-b{i}" for i in range(9)] + ["efficientnet-l2", TEST_MODEL]
+  expected = ([f"efficientnet-b{i}" for i in range(9)] + ["efficientnet-l2"] +
+              [f"efficientnet-t{i}" for i in range(3)] + [TEST_MODEL])
   assert list(efficientnet.MODEL_NAMES) == expected
   row = efficientnet.get_model_params("efficientnet-b4")
   assert (row.width_coefficient, row.depth_coefficient, row.resolution,
@@ -78,6 +79,16 @@ def test_built_b0_and_b1_have_the_published_trainable_parameters(b0):
   assert _trainable(b1) == PUBLISHED_PARAMS["efficientnet-b1"]
   test_model = efficientnet.build_model(TEST_MODEL, num_classes=10)
   assert _trainable(test_model) == table.model_cost(TEST_MODEL, 10).params
+
+
+def test_the_small_sizes_grow_and_count_as_built():
+  """t0 < t1 < t2, as a growing student's sizes must (checks.py compares the counts)."""
+  counts = []
+  for name in ("efficientnet-t0", "efficientnet-t1", "efficientnet-t2"):
+    model = efficientnet.build_model(name, num_classes=10, small_image=True)
+    counts.append(table.model_cost(name, 10, small_image=True).params)
+    assert _trainable(model) == counts[-1], name
+  assert counts == sorted(set(counts))
 
 
 # Building b2..b7 costs ~30 s of CPU on this machine (Keras traces every layer); the

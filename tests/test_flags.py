@@ -166,6 +166,33 @@ def test_smaller_student_allowed_when_asked():
   assert checks.problems(cfg) == []
 
 
+def test_students_are_compared_by_their_parameters():
+  # The demo's students grow: t0 -> t1 -> t2, by the one model table.
+  demo = _config()
+  sizes = [checks.model_params(demo, n)
+           for n in (demo.model.model_name, *demo.student_model_names)]
+  assert sizes == sorted(sizes) and len(set(sizes)) == len(sizes)
+  assert checks.problems(_config("--model_name=t0", "--student_model_names=t0,t2")) == []
+  errors = checks.problems(_config("--model_name=t0", "--student_model_names=t2,t1"))
+  assert len(errors) == 1 and errors[0].startswith(
+      "--student_model_names: iteration 2's student efficientnet-t1 is smaller than its "
+      "teacher efficientnet-t2 (")
+  # --width_coefficient and --depth_coefficient apply to every model: equal sizes pass.
+  same = _config("--model_name=b2", "--student_model_names=b1", "--width_coefficient=1",
+                 "--depth_coefficient=1")
+  assert checks.problems(same) == []
+
+
+def test_iterations_flags():
+  cfg = _config("--iterations=auto", "--validation_fraction=0.2")
+  assert (cfg.pipeline.iterations, cfg.pipeline.validation_fraction) == ("auto", 0.2)
+  with pytest.raises(absl_flags.IllegalFlagValueError, match="all|auto"):
+    _parse("--iterations=3")
+  for bad in ("0", "1"):
+    assert any(f"--validation_fraction={bad}" in e
+               for e in checks.problems(_config(f"--validation_fraction={bad}")))
+
+
 def test_non_numeric_ratios_are_a_config_error():
   with pytest.raises(flags.ConfigError, match="--student_unlabel_ratios=a,b"):
     _config("--student_unlabel_ratios=a,b")
