@@ -118,6 +118,8 @@ def keep_weights(rule: Dict, p: np.ndarray, s: Dict[str, np.ndarray]) -> np.ndar
   if kind == "quantile":  # The threshold that keeps `keep` of the pool.
     at = np.quantile(s[rule["score"]], 1 - rule["keep"])
     return (s[rule["score"]] >= at).astype(np.float64)
+  if kind == "pool_mean":  # --adaptive_threshold=mean: the pool's mean confidence.
+    return (conf >= max(0.3, conf.mean())).astype(np.float64)
   if kind in ("freematch", "flexmatch"):
     t = per_class_thresholds(kind, p, conf, cls, rule.get("tau", 0.95))
     return (conf >= t[cls]).astype(np.float64)
@@ -164,7 +166,8 @@ CANDIDATES: List[Tuple[str, Dict]] = (
     [("confidence >= 0.3 (today)", {"kind": "threshold", "score": "confidence", "at": 0.3})]
     + [(f"confidence >= {t}", {"kind": "threshold", "score": "confidence", "at": t})
        for t in (0.5, 0.7, 0.8, 0.9, 0.95)]
-    + [("FreeMatch SAT (per-class, offline)", {"kind": "freematch"}),
+    + [("confidence >= pool mean (--adaptive_threshold=mean)", {"kind": "pool_mean"}),
+       ("FreeMatch SAT (per-class, offline)", {"kind": "freematch"}),
        ("FlexMatch (per-class, tau 0.95)", {"kind": "flexmatch", "tau": 0.95}),
        ("SoftMatch (soft weights)", {"kind": "softmatch"})])
 
@@ -177,7 +180,7 @@ def candidates(score_names: List[str]) -> List[Tuple[str, Dict]]:
 
 
 def compare(logits: Dict[str, np.ndarray], true: np.ndarray,
-            num_images: Tuple[int, ...] = (0, 500, 700)) -> Dict:
+            num_images: Tuple[int, ...] = (0, -1, 500)) -> Dict:
   """Every candidate's rows (per num_image), and the scores' AUROCs."""
   p = softmax(logits["plain"])
   cls, c = p.argmax(axis=1), p.shape[1]
@@ -193,6 +196,8 @@ def compare(logits: Dict[str, np.ndarray], true: np.ndarray,
       rule["keep"] = float((s["confidence"] >= float(rule["keep"][1:])).mean())
     w = keep_weights(rule, p, s)
     for k in num_images:
+      if k < 0:  # --num_image=-1: the mean per-class count of what the rule keeps.
+        k = max(1, int(np.ceil(w.sum() / c)))
       copies = balanced_copies(w, s.get(rule.get("score"), s["confidence"]), cls, c, k) if k else w
       report["rows"].append({"candidate": name, "num_image": k,
                              **evaluate(copies, w, cls, true, c)})
@@ -222,7 +227,8 @@ def main(argv=None) -> Dict:
   p.add_argument("--model_dir", required=True, help="a pipeline run with a finished teacher")
   p.add_argument("--data_dir", required=True, help="make_pool_images.py's output")
   p.add_argument("--views", default="zoom,shift,flip")
-  p.add_argument("--num_images", default="0,500,700", help="per-class K values (0: none)")
+  p.add_argument("--num_images", default="0,-1,500",
+                 help="per-class K values (0: none; -1: the mean count of what is kept)")
   p.add_argument("--output", default=None, help="JSON report (a .md table beside it)")
   args = p.parse_args(argv)
   cache = os.path.join(args.model_dir, "teacher_logits.npz")
