@@ -129,6 +129,17 @@ def load_font(path: str, chars: str) -> Optional[Font]:
   return Font(path=path, family=family, style=style)
 
 
+def covered(path: str, chars: str) -> str:
+  """The characters of `chars` that the font at `path` maps to a glyph ("" if unreadable)."""
+  from fontTools.ttLib import TTFont  # Installed with matplotlib; only needed here.
+  try:
+    with TTFont(path, lazy=True, fontNumber=0) as tt:
+      cmap = tt.getBestCmap() or {}
+  except Exception:  # A font file fontTools cannot parse covers nothing.  # noqa: BLE001
+    return ""
+  return "".join(c for c in chars if ord(c) in cmap)
+
+
 def glyph_mask(path: str, char: str, size: int) -> Optional[np.ndarray]:
   """The char's ink as a uint8 mask cropped to its bounding box, or None when blank."""
   font = _truetype(path, size)

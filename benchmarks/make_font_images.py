@@ -50,7 +50,16 @@ SUPERSAMPLE = 4  # Glyphs are drawn at 4x and downsampled: smooth edges at 32 px
 def render(mask_fn, char: str, neighbours: str, size: int, rng: np.random.Generator) -> Image.Image:
   """One RGB image of `char` (mask_fn(char) gives its ink) with random nuisances."""
   big = size * SUPERSAMPLE
-  bg, fg = _colours(rng)
+  canvas, fg = background(big, rng)
+  height = rng.uniform(0.55, 0.85) * big
+  paste_glyph(canvas, mask_fn, char, neighbours, height, fg, rng)
+  return finish(canvas, size, rng)
+
+
+def background(big: int, rng: np.random.Generator):
+  """(float canvas [big, big, 3], foreground colour): a random colour, half the time a
+  linear gradient towards a second one."""
+  bg, fg = colours(rng)
   canvas = np.empty((big, big, 3), np.float32)
   canvas[:] = bg
   if rng.random() < 0.5:  # A linear background gradient towards a second colour.
@@ -59,20 +68,35 @@ def render(mask_fn, char: str, neighbours: str, size: int, rng: np.random.Genera
     canvas = canvas * (1 - t) + bg2 * t
     if rng.random() < 0.5:
       canvas = canvas.transpose(1, 0, 2)
-  height = rng.uniform(0.55, 0.85) * big
-  glyph = _glyph(mask_fn(char), height, rng)
-  if max(glyph.shape) > 0.95 * big:  # A wide glyph, rotated: shrink it to fit.
-    s = 0.95 * big / max(glyph.shape)
-    glyph = np.asarray(Image.fromarray(glyph).resize(
-        (max(1, int(glyph.shape[1] * s)), max(1, int(glyph.shape[0] * s))), Image.BILINEAR))
+  return canvas, fg
+
+
+def paste_glyph(canvas: np.ndarray, mask_fn, char: str, neighbours: str, height: float,
+                fg, rng: np.random.Generator) -> None:
+  """`char` near the centre of the canvas, parts of `neighbours` at its sides."""
+  big = canvas.shape[0]
+  glyph = fit(glyph_image(mask_fn(char), height, rng), big)
   jitter = (big - max(glyph.shape)) * 0.25
   cx, cy = big / 2 + rng.uniform(-jitter, jitter), big / 2 + rng.uniform(-jitter, jitter)
   for side, c in zip((-1, 1), neighbours):  # Parts of neighbouring glyphs, as in SVHN.
     if c:
-      other = _glyph(mask_fn(c), height, rng)
+      other = glyph_image(mask_fn(c), height, rng)
       gap = (glyph.shape[1] + other.shape[1]) / 2 * rng.uniform(1.0, 1.15)
-      _paste(canvas, other, fg, cx + side * gap, cy + rng.uniform(-0.05, 0.05) * big, rng)
-  _paste(canvas, glyph, fg, cx, cy, rng)
+      paste(canvas, other, fg, cx + side * gap, cy + rng.uniform(-0.05, 0.05) * big, rng)
+  paste(canvas, glyph, fg, cx, cy, rng)
+
+
+def fit(glyph: np.ndarray, big: int) -> np.ndarray:
+  """The glyph, shrunk to 0.95 of the canvas side when larger (a wide glyph, rotated)."""
+  if max(glyph.shape) <= 0.95 * big:
+    return glyph
+  s = 0.95 * big / max(glyph.shape)
+  return np.asarray(Image.fromarray(glyph).resize(
+      (max(1, int(glyph.shape[1] * s)), max(1, int(glyph.shape[0] * s))), Image.BILINEAR))
+
+
+def finish(canvas: np.ndarray, size: int, rng: np.random.Generator) -> Image.Image:
+  """The canvas downsampled to `size`, sometimes blurred, with pixel noise."""
   img = Image.fromarray(canvas.clip(0, 255).astype(np.uint8)).resize((size, size), Image.LANCZOS)
   blur = float(rng.uniform(0.3, 1.2)) if rng.random() < 0.4 else 0.0
   if blur:
@@ -81,7 +105,7 @@ def render(mask_fn, char: str, neighbours: str, size: int, rng: np.random.Genera
   return Image.fromarray((np.asarray(img, np.float32) + noise).clip(0, 255).astype(np.uint8))
 
 
-def _colours(rng: np.random.Generator):
+def colours(rng: np.random.Generator):
   """Background and foreground RGB whose luminances differ by at least 70 of 255."""
   lum = np.array([0.299, 0.587, 0.114])
   while True:
@@ -90,7 +114,7 @@ def _colours(rng: np.random.Generator):
       return bg, fg
 
 
-def _glyph(mask: np.ndarray, height: float, rng: np.random.Generator) -> np.ndarray:
+def glyph_image(mask: np.ndarray, height: float, rng: np.random.Generator) -> np.ndarray:
   """The mask scaled to `height` with random aspect, shear and rotation; float in [0, 1]."""
   h, w = mask.shape
   aspect = rng.uniform(0.8, 1.25)
@@ -105,7 +129,7 @@ def _glyph(mask: np.ndarray, height: float, rng: np.random.Generator) -> np.ndar
   return np.asarray(img, np.float32) / 255.0
 
 
-def _paste(canvas: np.ndarray, alpha: np.ndarray, colour, cx: float, cy: float,
+def paste(canvas: np.ndarray, alpha: np.ndarray, colour, cx: float, cy: float,
            rng: np.random.Generator) -> None:
   """Alpha-blends `colour` through `alpha` centred at (cx, cy), clipped to the canvas."""
   colour = np.clip(colour + rng.normal(0, 8, 3), 0, 255)

@@ -13,6 +13,11 @@ to the unlabeled folder, else by its base name. Reports, per pseudo-label direct
             soft label's accuracy), mean confidence;
   selected: the records the balance plan keeps (each once): how many, their top-1;
   seen:     as the student reads them (the plan's copies applied): how many, top-1.
+Images whose truth starts with OOC_PREFIX (benchmarks/make_pool_images.py) are in no
+class: top-1 and the true-class probability are over the in-class records only, and each
+part adds "ooc": how many out-of-class records it holds, their share of its records
+(copies counted in "seen") and, for "selected", the fraction of all out-of-class images
+the plan kept; "all" adds the mean confidence of the in-class and out-of-class records.
 """
 from __future__ import annotations
 
@@ -35,8 +40,11 @@ def class_names_of(pseudo_dir: str) -> list:
     return list(json.load(f)["class_names"])
 
 
-def _truth_index(truth: Mapping[str, str], ids: np.ndarray, names: list) -> np.ndarray:
-  """The true class index of each record id (ids are image paths)."""
+OOC_PREFIX = "ooc:"  # Truth of an out-of-class image (make_pool_images.OOC_PREFIX).
+
+
+def truth_index(truth: Mapping[str, str], ids: np.ndarray, names: list) -> np.ndarray:
+  """The true class index of each record id (ids are image paths); -1: out of class."""
   index = {n: i for i, n in enumerate(names)}
   out = np.empty(len(ids), np.int64)
   for k, raw in enumerate(ids):
@@ -45,8 +53,19 @@ def _truth_index(truth: Mapping[str, str], ids: np.ndarray, names: list) -> np.n
     cls = truth.get(rel, truth.get(os.path.basename(path)))
     if cls is None:
       raise KeyError(f"pseudo-label id {path} is not in the truth file")
-    out[k] = index[cls]
+    out[k] = -1 if cls.startswith(OOC_PREFIX) else index[cls]
   return out
+
+
+def _ooc(true: np.ndarray, total_ooc: int) -> Dict[str, float]:
+  """How many out-of-class records, their share, and the fraction of all of them."""
+  n = int((true < 0).sum())
+  return {"records": n, "share": n / max(1, true.size), "of_all": n / max(1, total_ooc)}
+
+
+def _top1(classes: np.ndarray, true: np.ndarray):
+  inside = true >= 0
+  return float((classes[inside] == true[inside]).mean()) if inside.any() else None
 
 
 def _columns(ds) -> Dict[str, np.ndarray]:
@@ -68,24 +87,33 @@ def measure(pseudo_dir: str, truth: Mapping[str, str]) -> Dict[str, object]:
   """The report of one pseudo-label directory (see the module docstring)."""
   names = class_names_of(pseudo_dir)
   every = _columns(tfrecords.read_pseudo_labels(pseudo_dir))
-  true = _truth_index(truth, every["ids"], names)
-  right = every["classes"] == true
+  true = truth_index(truth, every["ids"], names)
+  inside = true >= 0
+  conf = every["probs"].max(axis=1) if true.size else np.zeros([0])
   report = {"pseudo_dir": pseudo_dir, "records": int(len(true)),
-            "all": {"top1": float(right.mean()),
-                    "true_class_probability": float(every["probs"][np.arange(len(true)),
-                                                                   true].mean()),
-                    "mean_confidence": float(every["probs"].max(axis=1).mean()),
-                    "per_class_top1": {n: float(right[true == i].mean())
+            "all": {"top1": _top1(every["classes"], true),
+                    "true_class_probability": float(every["probs"][inside][
+                        np.arange(int(inside.sum())), true[inside]].mean()),
+                    "mean_confidence": float(conf.mean()),
+                    "per_class_top1": {n: float((every["classes"][true == i] == i).mean())
                                        for i, n in enumerate(names) if (true == i).any()}}}
+  total_ooc = int((~inside).sum())
+  if total_ooc:
+    report["all"]["ooc"] = dict(_ooc(true, total_ooc),
+                                mean_confidence=float(conf[~inside].mean()),
+                                in_class_mean_confidence=float(conf[inside].mean()))
   plan = tfrecords.plan_in(pseudo_dir)
   if plan is not None:
     seen = _columns(tfrecords.read_pseudo_labels(pseudo_dir, plan))
-    seen_right = seen["classes"] == _truth_index(truth, seen["ids"], names)
-    uniq, first = np.unique(seen["ids"], return_index=True)
-    report["selected"] = {"records": int(uniq.size),
-                          "top1": float(seen_right[first].mean()) if uniq.size else None}
-    report["seen"] = {"records": int(seen_right.size),
-                      "top1": float(seen_right.mean()) if seen_right.size else None}
+    seen_true = truth_index(truth, seen["ids"], names)
+    _, first = np.unique(seen["ids"], return_index=True)
+    report["selected"] = {"records": int(first.size),
+                          "top1": _top1(seen["classes"][first], seen_true[first])}
+    report["seen"] = {"records": int(seen_true.size),
+                      "top1": _top1(seen["classes"], seen_true)}
+    if total_ooc:
+      report["selected"]["ooc"] = _ooc(seen_true[first], total_ooc)
+      report["seen"]["ooc"] = _ooc(seen_true, total_ooc)
   return report
 
 
@@ -115,6 +143,10 @@ def main(argv=None) -> list:
       line += (f"; kept {r['selected']['records']} (top-1 "
                f"{100 * (r['selected']['top1'] or 0):.2f}%), student saw {r['seen']['records']}"
                f" (top-1 {100 * (r['seen']['top1'] or 0):.2f}%)")
+      if "ooc" in r["seen"]:
+        line += (f"; out of class: {r['all']['ooc']['records']}, of which "
+                 f"{100 * r['selected']['ooc']['of_all']:.1f}% kept, "
+                 f"{100 * r['seen']['ooc']['share']:.1f}% of what the student saw")
     print(line)
   if args.output:
     with open(args.output, "w") as f:

@@ -3,17 +3,25 @@
   python benchmarks/run_font_benchmark.py --flagfile=flags/presets/small_images.flags \
       --classes=digits --seeds=0,1,2 --data_root=data/fonts --out=runs/font_bench \
       [--num_labeled=600 --num_unlabeled=15960 --num_test=6500] [-- --extra_flag=...]
+  python benchmarks/run_font_benchmark.py --generator=pool ...   (the realistic pool)
 
 For each seed s (sequentially; one training job at a time):
   1. benchmarks/make_font_images.py --seed=s  -> <data_root>/<classes>_<counts>_s<s>
-     (skipped when that folder's manifest exists);
+     (skipped when that folder's manifest exists); with --generator=pool,
+     benchmarks/make_pool_images.py -> <data_root>/pool_<counts>_s<s> (64 px; the CNN
+     still trains at --cnn_image_size, 32, the size the preset's models see);
   2. benchmarks/supervised_cnn.py on its labeled folder -> <out>/seed_<s>/cnn.json;
   3. noisy-student --flagfile=... --seed=s with the three data flags
      -> <out>/seed_<s>/pipeline (resumable: run the same command again after a stop);
+     with --teacher_from=OTHER_OUT, a new pipeline starts from OTHER_OUT's finished
+     teacher of the same seed (its markers are copied; the teacher stays there), so
+     variants of the filter or the students are compared on one teacher per seed;
   4. benchmarks/pseudo_label_accuracy.py on that run -> <out>/seed_<s>/pseudo_labels.json.
 Then <out>/summary.json and summary.md: per seed and mean +- sample sd over the seeds of
 the CNN, teacher, each student, the final/teacher error ratio, pseudo-label top-1 (all and
-as the student saw them), wall times, and summary.png (test error per model and seed).
+as the student saw them; in-class images only), for a pool with out-of-class images the
+share of them the filter kept and their share of what the student saw (copies counted),
+wall and CPU times, and summary.png (test error per model and seed).
 Flags after `--` go to noisy-student unchanged.
 
   python benchmarks/run_font_benchmark.py --plot=out.png A/summary.json B/summary.json
@@ -25,6 +33,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -63,26 +72,59 @@ def _run(cmd: List[str], log: str) -> tuple:
   return time.time() - start, _cpu_seconds() - cpu
 
 
+# The phases of a finished teacher that a variant's pipeline starts from (--teacher_from).
+TEACHER_PHASES = ("teacher", "eval-teacher", "check-teacher")
+
+
+def make_data(args: argparse.Namespace, seed: int, log: str) -> str:
+  """Step 1: the seed's data folder (made once)."""
+  counts = f"{args.num_labeled}_{args.num_unlabeled}_{args.num_test}"
+  pool = args.generator == "pool"
+  data = os.path.join(args.data_root, f"{'pool' if pool else args.classes}_{counts}_s{seed}")
+  if not os.path.exists(os.path.join(data, "manifest.json")):
+    script = "make_pool_images.py" if pool else "make_font_images.py"
+    _run([sys.executable, os.path.join(HERE, script), f"--out={data}", f"--seed={seed}",
+          *([] if pool else [f"--classes={args.classes}"]),
+          f"--num_labeled={args.num_labeled}", f"--num_unlabeled={args.num_unlabeled}",
+          f"--num_test={args.num_test}", f"--image_size={args.image_size}"], log)
+  return data
+
+
+def start_from_teacher(model_dir: str, source_dir: str) -> None:
+  """A new pipeline dir whose teacher phases are `source_dir`'s finished ones (their
+  results point at `source_dir`'s teacher, which is read, never written)."""
+  if os.path.exists(os.path.join(model_dir, "phases")):
+    return
+  for name in TEACHER_PHASES:
+    marker = os.path.join(source_dir, "phases", f"{name}.json")
+    if not os.path.exists(marker):
+      raise SystemExit(f"--teacher_from: {marker} is missing; finish that run's teacher first")
+  os.makedirs(os.path.join(model_dir, "phases"))
+  for name in TEACHER_PHASES:
+    shutil.copy(os.path.join(source_dir, "phases", f"{name}.json"),
+                os.path.join(model_dir, "phases", f"{name}.json"))
+
+
 def run_seed(args: argparse.Namespace, seed: int, extra: Sequence[str]) -> Dict:
   """Steps 1-4 for one seed; returns that seed's record."""
-  counts = f"{args.num_labeled}_{args.num_unlabeled}_{args.num_test}"
-  data = os.path.join(args.data_root, f"{args.classes}_{counts}_s{seed}")
   out = os.path.join(args.out, f"seed_{seed}")
   os.makedirs(out, exist_ok=True)
   log = os.path.join(out, "log.txt")
   py = sys.executable
-  if not os.path.exists(os.path.join(data, "manifest.json")):
-    _run([py, os.path.join(HERE, "make_font_images.py"), f"--out={data}", f"--seed={seed}",
-          f"--classes={args.classes}", f"--num_labeled={args.num_labeled}",
-          f"--num_unlabeled={args.num_unlabeled}", f"--num_test={args.num_test}",
-          f"--image_size={args.image_size}"], log)
+  data = make_data(args, seed, log)
   cnn_json = os.path.join(out, "cnn.json")
+  if args.teacher_from and not os.path.exists(cnn_json):  # One CNN per seed and data.
+    theirs = os.path.join(args.teacher_from, f"seed_{seed}", "cnn.json")
+    if os.path.exists(theirs):
+      shutil.copy(theirs, cnn_json)
   if not args.skip_cnn and not os.path.exists(cnn_json):
     _run([py, os.path.join(HERE, "supervised_cnn.py"), f"--label_data_dir={data}/labeled",
           f"--eval_data_dir={data}/test", f"--seed={seed}", f"--epochs={args.cnn_epochs}",
-          f"--image_size={args.image_size}", f"--output={cnn_json}"], log)
+          f"--image_size={args.cnn_image_size}", f"--output={cnn_json}"], log)
   flags = _flag_lines(args.flagfile, extra)
   model_dir = os.path.join(out, "pipeline")
+  if args.teacher_from:
+    start_from_teacher(model_dir, os.path.join(args.teacher_from, f"seed_{seed}", "pipeline"))
   cmd = [py, "-m", "noisy_student", *flags, f"--seed={seed}", f"--model_dir={model_dir}",
          f"--label_data_dir={data}/labeled", f"--unlabel_data_dir={data}/unlabeled",
          f"--eval_data_dir={data}/test"]
@@ -105,6 +147,10 @@ def run_seed(args: argparse.Namespace, seed: int, extra: Sequence[str]) -> Dict:
             "models": {m["name"]: m["top1"] for m in models},
             "pseudo_all_top1": [p["all"]["top1"] for p in pseudo],
             "pseudo_seen_top1": [p.get("seen", {}).get("top1") for p in pseudo]}
+  if any("ooc" in p["all"] for p in pseudo):
+    record["ooc_kept_of_all"] = [p.get("selected", {}).get("ooc", {}).get("of_all")
+                                 for p in pseudo]
+    record["ooc_seen_share"] = [p.get("seen", {}).get("ooc", {}).get("share") for p in pseudo]
   if os.path.exists(cnn_json):
     with open(cnn_json) as f:
       record["cnn_top1"] = json.load(f)["top1"]
@@ -138,6 +184,11 @@ def summarize(records: Sequence[Dict], title: str) -> str:
                  [100 * r["pseudo_all_top1"][i] for r in records]))
     rows.append((f"pseudo-labels {i + 1} top-1 % (as seen)",
                  [100 * (r["pseudo_seen_top1"][i] or 0) for r in records]))
+    if all("ooc_seen_share" in r for r in records):
+      rows.append((f"pseudo-labels {i + 1}: out-of-class images kept %",
+                   [100 * (r["ooc_kept_of_all"][i] or 0) for r in records]))
+      rows.append((f"pseudo-labels {i + 1}: out-of-class % of what the student saw",
+                   [100 * (r["ooc_seen_share"][i] or 0) for r in records]))
   rows.append(("pipeline minutes (wall)", [r["pipeline_seconds"] / 60 if r["pipeline_seconds"]
                                            else None for r in records]))
   # Both cores busy on a quiet machine: CPU time / 2 is the wall time it would take.
@@ -202,20 +253,33 @@ def main(argv=None) -> Optional[List[Dict]]:
   argv = argv[:argv.index("--")] if "--" in argv else argv
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--flagfile", default=os.path.join(ROOT, "flags/presets/small_images.flags"))
-  p.add_argument("--classes", default="digits")
+  p.add_argument("--generator", default="fonts", choices=("fonts", "pool"),
+                 help="make_font_images.py (clean classes) or make_pool_images.py")
+  p.add_argument("--classes", default="digits", help="the fonts generator's class set")
   p.add_argument("--seeds", default="0,1,2")
   p.add_argument("--data_root", default="data/fonts")
   p.add_argument("--out", required=True)
   p.add_argument("--num_labeled", type=int, default=600)
-  p.add_argument("--num_unlabeled", type=int, default=15960)
-  p.add_argument("--num_test", type=int, default=6500)
-  p.add_argument("--image_size", type=int, default=32)
+  p.add_argument("--num_unlabeled", type=int, default=None, help="fonts 15960, pool 13000")
+  p.add_argument("--num_test", type=int, default=None, help="fonts 6500, pool 4500")
+  p.add_argument("--image_size", type=int, default=None, help="of the images: fonts 32, pool 64")
+  p.add_argument("--cnn_image_size", type=int, default=32)
   p.add_argument("--cnn_epochs", type=int, default=100)
   p.add_argument("--skip_cnn", action="store_true")
+  p.add_argument("--teacher_from", default=None,
+                 help="another benchmark --out whose seeds' finished teachers to start from")
   args = p.parse_args(argv)
+  pool = args.generator == "pool"
+  for name, fonts, pooled in (("num_unlabeled", 15960, 13000), ("num_test", 6500, 4500),
+                              ("image_size", 32, 64)):
+    if getattr(args, name) is None:
+      setattr(args, name, pooled if pool else fonts)
+  if args.teacher_from:
+    args.teacher_from = os.path.abspath(args.teacher_from)
   args.data_root, args.out = os.path.abspath(args.data_root), os.path.abspath(args.out)
   records = [run_seed(args, int(s), extra) for s in args.seeds.split(",")]
-  title = f"{args.classes} {args.num_labeled}/{args.num_unlabeled}/{args.num_test}"
+  title = (f"{'pool' if pool else args.classes} "
+           f"{args.num_labeled}/{args.num_unlabeled}/{args.num_test}")
   table = summarize(records, title)
   print(table)
   with open(os.path.join(args.out, "summary.json"), "w") as f:

@@ -15,6 +15,12 @@ kept set differs from the exact top-K only inside one bin of width 1/num_bins);
 and keeps exactly the top K, ties broken by the hash. A class with fewer than `num_image`
 records above `min_threshold` is duplicated: copies = num_image / count, stochastically
 rounded per record (integer part + Bernoulli(remainder), seeded), as the original.
+
+Two settings are resolved from the merged histograms before the plan is made
+(`resolve`), so the plan stays a pure function of per-class statistics that any runner
+can merge (sums of counts per class and bin): `adaptive_threshold="mean"` raises
+`min_threshold` to the pool's mean confidence, and `num_image=-1` becomes the mean
+per-class count of what passes the threshold. The plan records the resolved values.
 """
 from __future__ import annotations
 
@@ -53,6 +59,28 @@ def merge_histograms(manifests: Sequence[Dict[str, Any]]) -> np.ndarray:
         bins, counts = np.asarray(pairs, np.int64).T
         np.add.at(hist[int(c)], bins, counts)
   return hist
+
+
+def mean_confidence(hist: np.ndarray) -> float:
+  """The pool's mean confidence from merged histograms (bin centres; within half a bin)."""
+  num_bins = hist.shape[1]
+  total = hist.sum()
+  centres = (np.arange(num_bins) + 0.5) / num_bins
+  return float((hist.sum(axis=0) * centres).sum() / total) if total else 0.0
+
+
+def resolve(hist: np.ndarray, cfg: FilterConfig) -> FilterConfig:
+  """`cfg` with the threshold and target the histograms decide: the adaptive threshold
+  applied to min_threshold, num_image=-1 replaced by the mean per-class count above it."""
+  threshold = cfg.min_threshold
+  if cfg.adaptive_threshold == "mean":
+    # float32 like the records' confidences, so the plan's test matches the reader's.
+    threshold = float(np.float32(max(threshold, mean_confidence(hist))))
+  num_image = cfg.num_image
+  if num_image < 0:
+    above = _above_threshold(hist, threshold).sum()
+    num_image = max(1, int(np.ceil(above / hist.shape[0])))
+  return dataclasses.replace(cfg, min_threshold=threshold, num_image=num_image)
 
 
 def _above_threshold(hist: np.ndarray, min_threshold: float) -> np.ndarray:
@@ -156,7 +184,8 @@ def write_plot(path: str, names: Sequence[str], before: np.ndarray, after: np.nd
 
 def _report(cfg: FilterConfig, seed: int, mode: str, names: Sequence[str],
             before: np.ndarray, entries: Sequence[Dict[str, Any]],
-            counted: Dict[str, np.ndarray], corrupt: int) -> Dict[str, Any]:
+            counted: Dict[str, np.ndarray], corrupt: int,
+            asked: FilterConfig, pool_mean: float) -> Dict[str, Any]:
   per_class = []
   for c, name in enumerate(names):
     kept, after = int(counted["kept"][c]), int(counted["copies"][c])
@@ -170,6 +199,9 @@ def _report(cfg: FilterConfig, seed: int, mode: str, names: Sequence[str],
             for k in ("before", "kept_unique", "after", "duplicates", "dropped")}
   return {"mode": mode, "min_threshold": cfg.min_threshold, "num_image": cfg.num_image,
           "upsample": cfg.upsample, "seed": seed, "corrupt_skipped": corrupt,
+          "asked": {"min_threshold": asked.min_threshold, "num_image": asked.num_image,
+                    "adaptive_threshold": asked.adaptive_threshold},
+          "pool_mean_confidence": round(pool_mean, 6),
           "totals": totals, "per_class": per_class}
 
 
@@ -194,7 +226,8 @@ def balance(pseudo_dir: str, filter_cfg: FilterConfig, *, output_dir: Optional[s
     pseudo_dir: predict's output directory (every worker's shards must be complete),
       or a directory of the original's filter output (read once to build what the plan
       needs).
-    filter_cfg: min_threshold, num_image (0: no balancing), upsample, exact_topk.
+    filter_cfg: min_threshold, adaptive_threshold, num_image (0: no balancing; -1: the
+      mean class count), upsample, exact_topk.
     output_dir: where balance_plan.json, balance_report.json and balance_counts.png go
       (default pseudo_dir).
     class_names: names for the report (default: predict's class_names.json).
@@ -208,11 +241,17 @@ def balance(pseudo_dir: str, filter_cfg: FilterConfig, *, output_dir: Optional[s
   manifests = _manifests(pseudo_dir)
   num_classes = int(manifests[0]["num_classes"])
   names = _class_names(pseudo_dir, num_classes, class_names)
+  hist = merge_histograms(manifests)
+  asked, filter_cfg = filter_cfg, resolve(hist, filter_cfg)
+  if filter_cfg != asked:
+    logging.info("balance: the pool's mean confidence is %.4f; threshold %.4f, target %d "
+                 "per class", mean_confidence(hist), filter_cfg.min_threshold,
+                 filter_cfg.num_image)
   if filter_cfg.exact_topk:
     mode, entries = "exact", exact_plan(reader.resolve_shards(pseudo_dir), num_classes,
                                         filter_cfg, seed)
   else:
-    mode, entries = "histogram", histogram_plan(merge_histograms(manifests), filter_cfg)
+    mode, entries = "histogram", histogram_plan(hist, filter_cfg)
   plan = {"version": plan_lib.PLAN_VERSION, "mode": mode, "seed": seed,
           "min_threshold": filter_cfg.min_threshold, "num_image": filter_cfg.num_image,
           "num_bins": int(manifests[0]["num_bins"]), "classes": entries,
@@ -224,7 +263,7 @@ def balance(pseudo_dir: str, filter_cfg: FilterConfig, *, output_dir: Optional[s
   counted = plan_lib.count_copies(pseudo_dir, plan, num_classes)
   before = np.sum([m["class_counts"] for m in manifests], axis=0)
   report = _report(filter_cfg, seed, mode, names, before, entries, counted,
-                   sum(m["skipped_count"] for m in manifests))
+                   sum(m["skipped_count"] for m in manifests), asked, mean_confidence(hist))
   report_path, plot_path = f"{out}/balance_report.json", f"{out}/balance_counts.png"
   fmt.write_json_atomic(report_path, report)
   write_plot(plot_path, names, before, counted["copies"], filter_cfg.num_image)

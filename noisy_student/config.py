@@ -28,8 +28,9 @@ DTYPE_POLICIES = ("float32", "mixed_bfloat16", "mixed_float16")
 JIT_COMPILE_SETTINGS = ("auto", "true", "false")  # DistributeConfig.jit_compile.
 RANDAUG_VARIANTS = ("original", "scaled")  # noisy_student/data/augment_table.py
 # PipelineConfig.iterations: every --student_model_names, or while they pay
-# (noisy_student/iterate.py).
+# (noisy_student/iterations.py).
 ITERATION_RULES = ("all", "auto")
+ADAPTIVE_THRESHOLDS = ("none", "mean")  # FilterConfig.adaptive_threshold (balance.py).
 # The students' unlabeled:labeled batch ratio when --unlabel_ratio is unset in the loop
 # modes: the embedded digits demo's value (the paper: 1 to 28, larger models take more;
 # the SVHN example: 5).
@@ -303,9 +304,15 @@ class FilterConfig:
   min_threshold: float = setting(
       0.3, "Drop pseudo-labels whose confidence is below this (paper: 0.3).",
       check=in_range(0, 1))
+  adaptive_threshold: str = setting(
+      "none", "Raise --min_threshold from the unlabeled pool's own confidences: 'mean' "
+      "drops pseudo-labels below the teacher's mean confidence over the pool (FreeMatch's "
+      "self-adaptive global threshold, computed once offline), so a pool with out-of-class "
+      "images, whose confidences are low, filters harder; 'none': --min_threshold alone.",
+      choices=ADAPTIVE_THRESHOLDS)
   num_image: int = setting(
-      0, "Target images per class (paper: 130000); 0 keeps all that pass.",
-      check=at_least(0))
+      0, "Target images per class (paper: 130000); 0 keeps all that pass; -1: the mean "
+      "per-class count of the pseudo-labels that pass the threshold.", check=at_least(-1))
   upsample: bool = setting(True, "Duplicate classes short of --num_image.")
   exact_topk: bool = setting(False, "Exact per-class top-K (records must fit in memory).")
 

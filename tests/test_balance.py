@@ -172,3 +172,42 @@ def test_relabel_keeps_the_first_teachers_selection_with_the_new_teachers_labels
   _write_shards(other, [c[::-1] for c in _confidences(seed=5)][::-1])
   with pytest.raises(Exception, match="do not hold the same images in the same order"):
     list(plan_lib.read_pseudo_labels(first, plan, relabel_dir=other).take(5000))
+
+
+@pytest.mark.parametrize("exact", [False, True])
+def test_adaptive_mean_threshold_and_mean_class_target(tmp_path, exact):
+  """adaptive_threshold='mean' raises the threshold to the pool's mean confidence (never
+  below min_threshold); num_image=-1 balances to the mean count of what passes it."""
+  conf = _confidences()
+  _write_shards(str(tmp_path), conf)
+  everything = np.concatenate(conf)
+  cfg = FilterConfig(adaptive_threshold="mean", num_image=-1, exact_topk=exact)
+  result = balance.balance(str(tmp_path), cfg, seed=1)
+  plan = json.load(open(result.plan_path))
+  assert plan["min_threshold"] == pytest.approx(everything.mean(), abs=0.5 / NUM_BINS)
+  assert plan["min_threshold"] > 0.3
+  got = _read(tmp_path, result.plan_path)
+  assert min(x for _, x, _ in got) >= plan["min_threshold"]
+  passing = [int((x >= plan["min_threshold"]).sum()) for x in conf]
+  assert plan["num_image"] == int(np.ceil(sum(passing) / C)) == result.report["num_image"]
+  kept = [len({i for c, _, i in got if c == k}) for k in range(C)]
+  assert kept[0] == pytest.approx(plan["num_image"], abs=10)  # The surplus class, cut.
+  assert kept[1] == passing[1]  # The short class, all kept and duplicated.
+  assert result.report["asked"] == {"min_threshold": 0.3, "num_image": -1,
+                                    "adaptive_threshold": "mean"}
+  # The floor wins when the pool is less confident than it.
+  high = balance.balance(str(tmp_path), FilterConfig(adaptive_threshold="mean",
+                                                     min_threshold=0.9),
+                         output_dir=str(tmp_path / "high"))
+  assert json.load(open(high.plan_path))["min_threshold"] == pytest.approx(0.9)
+
+
+def test_resolve_is_a_function_of_the_histograms():
+  hist = np.zeros([2, 10], np.int64)
+  hist[0, 9], hist[1, 1] = 30, 10  # Confidences ~0.95 (class 0) and ~0.15 (class 1).
+  cfg = balance.resolve(hist, FilterConfig(adaptive_threshold="mean", num_image=-1))
+  assert cfg.min_threshold == pytest.approx((30 * 0.95 + 10 * 0.15) / 40, abs=1e-6)
+  assert cfg.num_image == 15  # 30 pass, over 2 classes.
+  assert balance.resolve(hist, FilterConfig()) == FilterConfig()
+  with pytest.raises(ValueError, match="adaptive_threshold"):
+    balance.balance("unused", FilterConfig(adaptive_threshold="median"))
