@@ -206,7 +206,11 @@ class TrainConfig:
                                      check=greater(0))
   log_every_n_steps: int = setting(100, "Progress line period.", check=greater(0))
   init_model_path: Optional[str] = setting(
-      None, "Start from this checkpoint (file or model_dir) instead of scratch.")
+      None, "Start every model this run trains from these weights instead of scratch: a "
+      "model_dir, checkpoint or .keras file of the same network (e.g. one written by "
+      "efficientnet-import), or an original TF1 checkpoint (its EMA weights, as the "
+      "original's flag of this name); a classifier of another size starts anew, for "
+      "fine-tuning on your classes.")
   teacher_model_name: Optional[str] = setting(
       None, "On-the-fly teacher's model name: optional (its build_config.json names it); "
       "when given it must match.")
