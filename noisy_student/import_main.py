@@ -16,6 +16,8 @@ from typing import Optional, Sequence
 
 from absl import logging
 
+from noisy_student import faults
+
 PROGRAM = "efficientnet-import"
 
 
@@ -51,17 +53,23 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   if args.image_size is not None and args.image_size < 1:
     return _fail(f"--image_size must be >= 1, got {args.image_size}")
   logging.set_verbosity(logging.INFO)
-  # Imported after parsing: --help and bad flags answer before TensorFlow loads.
-  from noisy_student import import_original  # pylint: disable=import-outside-toplevel
   try:
+    _probe_storage(args)
+    # Imported after parsing: --help and bad flags answer before TensorFlow loads.
+    from noisy_student import import_original  # pylint: disable=import-outside-toplevel
     names = (import_original.read_class_names(args.class_names_file)
              if args.class_names_file else None)
     model = import_original.import_original(
         args.checkpoint, args.output, model_name=args.model_name,
         image_size=args.image_size, ema=not args.no_ema, class_names=names,
         scope=args.scope)
-  except (ValueError, FileNotFoundError) as e:
-    return _fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
+  except Exception as e:  # pylint: disable=broad-except
+    # A fault (unreachable storage, a full disk) or bad input: one line and its exit code,
+    # as noisy-student's (docs/usage.md, "Exit codes"); anything else is a bug.
+    fault = faults.from_exception(e)
+    if fault is None and not isinstance(e, (ValueError, FileNotFoundError)):
+      raise
+    return _fail(_one_line(fault or e), fault.exit_code if fault else faults.BAD_INPUT)
   print(f"{model.path}: {model.model_name} at {model.image_size} px. Use it with\n"
         f"  noisy-student --mode=eval --model_dir={model.path} --eval_data_dir=...\n"
         f"  noisy-student --mode=predict --predict_ckpt_path={model.path} "
@@ -70,9 +78,24 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   return 0
 
 
-def _fail(message: str) -> int:
+def _probe_storage(args: argparse.Namespace) -> None:
+  """Unreachable Cloud Storage in seconds (TensorFlow's gs:// calls retry for minutes)."""
+  named = [("checkpoint", args.checkpoint), ("--output", args.output),
+           ("--class_names_file", args.class_names_file)]
+  remote = [(flag, path) for flag, path in named if path and path.startswith("gs://")]
+  reason = faults.gcs_unreachable_reason() if remote else None
+  if reason:
+    flag, path = remote[0]
+    raise faults.unreachable(path if flag == "checkpoint" else f"{flag}={path}", reason)
+
+
+def _one_line(e: BaseException) -> str:
+  return str(e).splitlines()[0] if str(e) else type(e).__name__
+
+
+def _fail(message: str, code: int = faults.BAD_INPUT) -> int:
   print(f"{PROGRAM}: error: {message}", file=sys.stderr)
-  return 2
+  return code
 
 
 def run() -> None:

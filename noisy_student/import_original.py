@@ -19,10 +19,12 @@ import re
 from typing import List, Optional, Sequence
 
 from absl import logging
+import numpy as np
 import tensorflow as tf
 
 import efficientnet
 from efficientnet import original_checkpoint
+from noisy_student import faults
 from noisy_student.config import ModelConfig
 from noisy_student.results import TrainedModel
 from noisy_student.train import checkpoints
@@ -122,6 +124,7 @@ def import_original(checkpoint: str, output_dir: str, *, model_name: Optional[st
                           num_label_classes=info.num_classes, input_image_size=image_size)
   names = _class_names(class_names, info.num_classes)
   model = checkpoints.build_model(model_cfg)
+  _check_space(output_dir, model)
   report = efficientnet.load_original_checkpoint(model, info.prefix, ema=ema,
                                                  scope=info.scope)
   ckpt = checkpoints.make_checkpoint(model)
@@ -138,6 +141,16 @@ def import_original(checkpoint: str, output_dir: str, *, model_name: Optional[st
                size, info.num_classes, output_dir)
   return TrainedModel(path=output_dir.rstrip("/"), model_name=model_cfg.model_name,
                       image_size=size, small_image=False)
+
+
+def _check_space(output_dir: str, model) -> None:
+  """Refuses before reading when the weights cannot be written (L2: 1.9 GB)."""
+  needed = sum(int(np.prod(v.shape)) * tf.as_dtype(v.dtype).size for v in model.weights)
+  free = faults.free_bytes(output_dir)
+  if free is not None and free < needed + (16 << 20):  # The weights plus the index.
+    raise faults.DiskFull(
+        f"--output={output_dir}: the weights need about {faults.human_bytes(needed)}, "
+        f"{faults.human_bytes(free)} free there; free space or choose another --output")
 
 
 def _class_names(given: Optional[Sequence[str]], num_classes: int) -> Optional[List[str]]:

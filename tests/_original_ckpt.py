@@ -360,3 +360,15 @@ def write_bundle(prefix, model_name="efficientnet-l2", *, width=None, depth=None
   # Deletes the parts and their folder, as the sharded Saver's merge does.
   tf.raw_ops.MergeV2Checkpoints(checkpoint_prefixes=parts, destination_prefix=prefix)
   return Original(prefix, model_name, raw, averages, scopes, block_list, x)
+
+
+if __name__ == "__main__":
+  # python tests/_original_ckpt.py MODEL PREFIX: a checkpoint of MODEL's full size in the
+  # original layout (random raw weights, calibrated EMA shadows), for measuring an import
+  # (docs/efficientnet.md, "Memory and time").
+  import sys
+  import time
+  start = time.time()
+  written = write_bundle(sys.argv[2], sys.argv[1], size=32, n=2, calibrate_raw=False)
+  print(f"wrote {written.prefix} ({sum(v.size for v in written.ema.values()):,} values "
+        f"per weight set) in {time.time() - start:.0f}s")

@@ -20,6 +20,7 @@ import efficientnet
 from noisy_student import checks
 from noisy_student import config as config_lib
 from noisy_student import context
+from noisy_student import faults
 from noisy_student import import_main
 from noisy_student import modes
 from noisy_student.data import preprocess
@@ -104,6 +105,21 @@ def test_bad_input_is_one_line_naming_it(tmp_path, capsys):
     assert err.startswith("efficientnet-import: error: ") and len(err.splitlines()) == 1
     assert message in err, err
   assert not os.path.exists(tmp_path / "b" / "build_config.json")
+
+
+def test_faults_are_one_line_with_their_exit_code(tmp_path, capsys, monkeypatch):
+  folder = os.path.dirname(_write(tmp_path).prefix)
+  monkeypatch.setattr(faults, "free_bytes", lambda path: 1 << 20)
+  assert import_main.main([folder, f"--output={tmp_path / 'full'}"]) == faults.DISK_FULL
+  err = capsys.readouterr().err.strip()
+  assert len(err.splitlines()) == 1 and "the weights need about" in err, err
+  assert not os.path.exists(tmp_path / "full" / "ckpt-0.index")
+  monkeypatch.setattr(faults, "gcs_unreachable_reason", lambda: "no route (test)")
+  assert import_main.main(["gs://bucket/ns-b0", f"--output={tmp_path / 'x'}"]) == (
+      faults.STORAGE)
+  err = capsys.readouterr().err.strip()
+  assert err.startswith("efficientnet-import: error: gs://bucket/ns-b0: cannot reach "
+                        "Cloud Storage (no route (test))") and len(err.splitlines()) == 1
 
 
 def test_eval_reads_the_imported_directory(tmp_path):

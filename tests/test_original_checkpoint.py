@@ -105,6 +105,18 @@ def test_the_checkpoint_has_the_originals_layout(b0, tmp_path):
   assert same == {n: s for n, s in shapes.items() if n not in slots + ["global_step"]}
 
 
+def test_tensorflows_own_numbering_gives_the_l2_layout():
+  """The L2-shaped test's bundle is written from `layout`: at L2's depth (stage 1's six
+  blocks without an expand conv, 88 in all) it equals what tf.layers' numbering names the
+  TF1 graph's variables, as B0's Saver-written checkpoint does above."""
+  with tf.Graph().as_default():
+    layers = oc._build_graph(0.1, 5.3, 1000, "efficientnet-l2")  # pylint: disable=protected-access
+  graph = {v.op.name: v.shape.as_list() for vs in layers.values() for v in vs.values()}
+  assert graph == oc.layout(0.1, 5.3, scope="efficientnet-l2")[0]
+  assert "efficientnet-l2/blocks_5/tpu_batch_normalization_1/gamma" in graph
+  assert "efficientnet-l2/blocks_6/tpu_batch_normalization_2/gamma" in graph
+
+
 def test_b0_gives_the_originals_logits_from_its_ema_weights(b0, b0_model):
   assert _built_weights(b0_model) == _keras_weights(1.0, 1.0)
   report = efficientnet.load_original_checkpoint(b0_model, os.path.dirname(b0.prefix))
