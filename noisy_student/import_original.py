@@ -26,6 +26,7 @@ import efficientnet
 from efficientnet import original_checkpoint
 from noisy_student import faults
 from noisy_student.config import ModelConfig
+from noisy_student.config import normalize_model_name
 from noisy_student.results import TrainedModel
 from noisy_student.train import checkpoints
 
@@ -108,6 +109,7 @@ def import_original(checkpoint: str, output_dir: str, *, model_name: Optional[st
   Raises:
     FileNotFoundError / ValueError naming the file, variable or value at fault.
   """
+  model_name = normalize_model_name(model_name) if model_name else None  # "b0" too.
   build_path = f"{output_dir.rstrip('/')}/{checkpoints.BUILD_CONFIG}"
   if tf.io.gfile.exists(build_path):
     raise ValueError(f"--output={output_dir} already holds a model ({build_path}); "

@@ -93,7 +93,7 @@ def test_bad_input_is_one_line_naming_it(tmp_path, capsys):
   cases = [
       ([folder, f"--output={tmp_path / 'a'}", f"--class_names_file={tmp_path / 'two.txt'}"],
        "--class_names_file has 2 names, the checkpoint's classifier 3 classes"),
-      ([folder, f"--output={tmp_path / 'b'}", "--model_name=efficientnet-b0"],
+      ([folder, f"--output={tmp_path / 'b'}", "--model_name=b0"],
        "efficientnet-test/stem/conv2d/kernel/ExponentialMovingAverage: checkpoint shape "
        "[3, 3, 3, 8], model's stem_conv/kernel [3, 3, 3, 32]"),
       ([str(tmp_path / "missing"), f"--output={tmp_path / 'c'}"], "no such checkpoint"),
