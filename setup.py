@@ -44,6 +44,7 @@ setuptools.setup(
         "console_scripts": [
             "noisy-student=noisy_student.main:run",
             "efficientnet-table=efficientnet.table:run",
+            "efficientnet-import=noisy_student.import_main:run",
         ],
     },
 )

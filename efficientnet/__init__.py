@@ -4,6 +4,10 @@
     model = efficientnet.build_model("efficientnet-b0", num_classes=10)
     logits = model(images_0_to_255, training=False)  # float32 [batch, 10]
 
+    # The original TF1 checkpoints (the published Noisy Student B0..B7, L2):
+    model = efficientnet.build_model("efficientnet-b0")
+    efficientnet.load_original_checkpoint(model, "noisy_student_efficientnet-b0")
+
 See docs/efficientnet.md. The model table (`MODEL_NAMES`, `get_model_params`,
 `native_resolution`) is plain Python and loads without TensorFlow, so a command line
 can check a model name in milliseconds; the Keras parts load on first use. Any of them
@@ -24,6 +28,7 @@ _KERAS_PARTS = {
     "build_model": "efficientnet.model",
     "from_keras_applications": "efficientnet.convert",
     "load_keras_applications_weights": "efficientnet.convert",
+    "load_original_checkpoint": "efficientnet.original_checkpoint",
 }
 
 __all__ = ["MODEL_NAMES", "ModelParams", "get_model_params", "model_cost",

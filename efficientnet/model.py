@@ -55,6 +55,7 @@ def build_model(model_name: str, num_classes: int = 1000, *,
                 sync_batch_norm: bool = False,
                 input_mean: Optional[Sequence[float]] = None,
                 input_std: Optional[Sequence[float]] = None,
+                include_top: bool = True,
                 name: Optional[str] = None) -> keras.Model:
   """Builds an EfficientNet as a Keras functional model.
 
@@ -72,12 +73,16 @@ def build_model(model_name: str, num_classes: int = 1000, *,
     sync_batch_norm: synchronised (cross-replica) batch norm.
     input_mean, input_std: per-channel RGB statistics on the 0..255 scale; default the
       ImageNet ones. Imported weights may need their source's values (see convert.py).
+    include_top: False ends the model at the head's activation (`top_activation`, as
+      keras.applications with `include_top=False`): no pooling, dropout or classifier,
+      so `num_classes` is unused; for features or a classifier of your own.
     name: the Keras model name; default the model name with '-' as '_'.
 
   Returns:
     A `keras.Model` mapping float images [batch, S, S, 3] with pixels on the 0..255
-    scale to float32 logits [batch, num_classes]. Dropout and stochastic depth are
-    active only when it is called with `training=True`.
+    scale to float32 logits [batch, num_classes] (with `include_top=False`: the feature
+    map [batch, ceil(S / 32), ceil(S / 32), head filters] in the policy's compute dtype).
+    Dropout and stochastic depth are active only when it is called with `training=True`.
   """
   row = params_lib.resolve(model_name, image_size, dropout_rate, width_coefficient,
                            depth_coefficient)
@@ -98,6 +103,9 @@ def build_model(model_name: str, num_classes: int = 1000, *,
   x = layers_lib.conv_bn_act(
       x, params_lib.round_filters(params_lib.HEAD_FILTERS, row.width_coefficient), 1, 1,
       "top_", policy, sync_batch_norm)
+  name = name or model_name.replace("-", "_")
+  if not include_top:
+    return keras.Model(inputs, x, name=name)
   x = keras.layers.GlobalAveragePooling2D(name="avg_pool", dtype=policy)(x)
   if row.dropout_rate > 0:
     x = keras.layers.Dropout(row.dropout_rate, name="top_dropout", dtype=policy)(x)
@@ -106,4 +114,4 @@ def build_model(model_name: str, num_classes: int = 1000, *,
   logits = keras.layers.Dense(
       int(num_classes), kernel_initializer=layers_lib.DENSE_INITIALIZER,
       name="predictions", dtype="float32")(x)
-  return keras.Model(inputs, logits, name=name or model_name.replace("-", "_"))
+  return keras.Model(inputs, logits, name=name)

@@ -10,8 +10,9 @@ or perturbation names are given.
 from __future__ import annotations
 
 import glob
+import json
 import os
-from typing import List
+from typing import List, Optional, Tuple
 
 import efficientnet  # The model table; importing it does not load Keras.
 from noisy_student import ablation_variants
@@ -45,7 +46,7 @@ def problems(cfg: Config) -> List[str]:
       errors += settings.problems(section)
       errors += section.problems() if hasattr(section, "problems") else []
   return (errors + _models(cfg) + _ratios(cfg) + _conflicts(cfg) + _paths(cfg) +
-          _ablation(cfg) + _robustness(cfg))
+          _init_model(cfg) + _ablation(cfg) + _robustness(cfg))
 
 
 def _models(cfg: Config) -> List[str]:
@@ -215,6 +216,40 @@ def _missing(flag: str, path: str, on_disk: str):
     if "://" in on_disk:
       return f"--{flag}={path}: cannot be read ({' '.join(str(e).split())[:200]})"
     raise
+
+
+def _network(name: str, width: Optional[float], depth: Optional[float]
+             ) -> Tuple[float, float]:
+  row = efficientnet.get_model_params(name)
+  return (width or row.width_coefficient, depth or row.depth_coefficient)
+
+
+def _init_model(cfg: Config) -> List[str]:
+  """Every model a training mode builds starts from --init_model_path, so each must be its
+  network; read from the build_config.json of a local model_dir (others are checked when
+  loaded)."""
+  path, m = cfg.train.init_model_path, cfg.model
+  if not path or cfg.mode not in ("train",) + config_lib.LOOP_MODES or "://" in path:
+    return []
+  build = os.path.join(path if os.path.isdir(path) else os.path.dirname(path),
+                       "build_config.json")
+  try:
+    with open(build, encoding="utf-8") as f:
+      theirs = json.load(f)["model"]
+    source = _network(theirs["model_name"], theirs.get("width_coefficient"),
+                      theirs.get("depth_coefficient"))
+  except (OSError, ValueError, KeyError):
+    return []
+  names = [("model_name", m.model_name)]
+  if cfg.mode in config_lib.LOOP_MODES:
+    names += [("student_model_names", n) for n in cfg.student_model_names]
+  return [f"--{flag}={name} (width {w:g}, depth {d:g}) would start from --init_model_path="
+          f"{path}, a {theirs['model_name']} (width {source[0]:g}, depth {source[1]:g}); "
+          "every model this run trains starts from it: use that network (set "
+          "--width_coefficient / --depth_coefficient to match) or drop the flag"
+          for flag, name in names if name in efficientnet.MODEL_NAMES
+          for w, d in [_network(name, m.width_coefficient, m.depth_coefficient)]
+          if (w, d) != source]
 
 
 def pseudo_label_dir(cfg: Config) -> str:

@@ -217,7 +217,11 @@ class TrainConfig:
       "first-step loss (floored at 1); NaN / Inf losses, gradient norms and weights stop "
       "it always (docs/training.md, Divergence). 0: only those.", check=at_least(0))
   init_model_path: Optional[str] = setting(
-      None, "Start from this checkpoint (file or model_dir) instead of scratch.")
+      None, "Start every model this run trains from these weights instead of scratch: a "
+      "model_dir, checkpoint or .keras file of the same network (e.g. one written by "
+      "efficientnet-import), or an original TF1 checkpoint (its EMA weights, as the "
+      "original's flag of this name); a classifier of another size starts anew, for "
+      "fine-tuning on your classes.")
   teacher_model_name: Optional[str] = setting(
       None, "On-the-fly teacher's model name: optional (its build_config.json names it); "
       "when given it must match.")

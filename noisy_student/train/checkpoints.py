@@ -25,6 +25,7 @@ import tensorflow as tf
 
 import efficientnet
 import efficientnet.layers  # noqa: F401  Registers StochasticDepth, which .keras files name.
+from efficientnet import original_checkpoint
 from noisy_student import atomic
 from noisy_student.config import ModelConfig
 from noisy_student.train import divergence
@@ -156,16 +157,54 @@ def load_for_inference(path: str, dtype_policy: str = "float32") -> keras.Model:
 
 
 def init_from(model: keras.Model, path: str) -> None:
-  """Copies the (EMA) weights of another run into `model`; architectures must match."""
+  """Copies into `model` the (EMA) weights of another run (a model_dir, checkpoint prefix
+  or .keras file, e.g. one efficientnet-import wrote), or of an original TF1 checkpoint
+  (read as the original's --init_model_path does: its EMA shadows, noisystudent
+  utils.py:292-324). The network must be the same; a classifier of another size is left
+  as initialised, so a model fine-tunes on new classes.
+  """
+  if _is_original_checkpoint(path):
+    info = original_checkpoint.inspect_checkpoint(path)
+    new_head = info.num_classes != _classes(model)
+    efficientnet.load_original_checkpoint(model, info.prefix, ema=info.has_ema,
+                                          scope=info.scope, new_head=new_head)
+    return
   source = load_for_inference(path)
   mine = [tuple(w.shape) for w in model.weights]
   theirs = [tuple(w.shape) for w in source.weights]
-  if mine != theirs:
+  head = {id(w) for w in model.get_layer(original_checkpoint.CLASSIFIER).weights}
+  other = [m != t for w, m, t in zip(model.weights, mine, theirs) if id(w) not in head]
+  if len(mine) != len(theirs) or any(other):
     raise ValueError(f"--init_model_path={path} holds a different network "
                      f"({len(theirs)} weights) than this model ({len(mine)}); initialise "
-                     "only from a run of the same model_name and num_label_classes.")
-  for var, value in zip(model.weights, source.weights):
-    var.assign(tf.cast(value, var.dtype))
+                     "only from a run of the same model_name (and width / depth)")
+  copied = 0
+  for var, value, m, t in zip(model.weights, source.weights, mine, theirs):
+    if m == t:
+      var.assign(tf.cast(value, var.dtype))
+      copied += 1
+  if copied < len(mine):
+    logging.info("--init_model_path=%s: a new classifier for %d classes (its own has %d); "
+                 "the other %d weights copied.", path, _classes(model), _classes(source),
+                 copied)
+
+
+def _classes(model: keras.Model) -> int:
+  return int(model.get_layer(original_checkpoint.CLASSIFIER).units)
+
+
+def _is_original_checkpoint(path: str) -> bool:
+  """A TF1 checkpoint of the original code, not a model directory of this project."""
+  if path.endswith(".keras"):
+    return False
+  directory = path if tf.io.gfile.isdir(path) else os.path.dirname(path) or "."
+  if tf.io.gfile.exists(_join(directory, BUILD_CONFIG)):
+    return False
+  try:
+    original_checkpoint.inspect_checkpoint(path)
+  except (ValueError, FileNotFoundError, tf.errors.OpError):
+    return False
+  return True
 
 
 def save_final_model(model: keras.Model, model_dir: str) -> str:

@@ -70,7 +70,7 @@ def _build_state(model_cfg: ModelConfig, train_cfg: TrainConfig, teacher,
   has_checkpoint = tf.train.latest_checkpoint(train_cfg.model_dir) is not None
   if train_cfg.init_model_path and not has_checkpoint:
     checkpoints.init_from(model, train_cfg.init_model_path)
-    logging.info("Student initialised from %s.", train_cfg.init_model_path)
+    logging.info("Initialised from %s.", train_cfg.init_model_path)
   schedule = schedules.build_schedule(train_cfg, num_train_images)
   optimizer = schedules.build_optimizer(
       train_cfg, schedule, loss_scale=model_cfg.dtype_policy == "mixed_float16")
