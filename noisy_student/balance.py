@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from absl import logging
 import numpy as np
@@ -96,25 +96,41 @@ def _read_small_fields(paths: Sequence[str], seed: int) -> Dict[str, np.ndarray]
   return {k: np.concatenate(v) if v else np.zeros([0]) for k, v in parts.items()}
 
 
+def exact_entry(x: np.ndarray, h: np.ndarray, available: int,
+                cfg: FilterConfig) -> Dict[str, Any]:
+  """One class's exact top-K entry (threshold, tie_hash, copies, count) from the
+  confidences `x` (float32) and id hashes `h` of its records above min_threshold (all
+  of them, or at least its num_image largest (x, h) pairs), `available` in all."""
+  entry = {"threshold": float(np.float32(cfg.min_threshold)), "tie_hash": 0,
+           "copies": 1.0, "available": float(available)}
+  if cfg.num_image > 0 and available > cfg.num_image:
+    order = np.lexsort((-h, -x))  # Descending confidence, then descending hash.
+    kth = order[cfg.num_image - 1]
+    entry.update(threshold=float(x[kth]), tie_hash=int(h[kth]))
+  elif cfg.num_image > 0 and cfg.upsample and available:
+    entry["copies"] = cfg.num_image / available
+  return entry
+
+
 def exact_plan(paths: Sequence[str], num_classes: int, cfg: FilterConfig,
                seed: int = 0) -> List[Dict[str, Any]]:
-  """Per-class exact top-K entries (threshold, tie_hash, copies, count); `seed` breaks
-  ties between equal confidences."""
+  """Per-class exact top-K entries (`exact_entry`); `seed` breaks ties between equal
+  confidences."""
   f = _read_small_fields(paths, seed)
   entries = []
   for c in range(num_classes):
     mask = (f["c"] == c) & (f["x"] >= np.float32(cfg.min_threshold))
-    x, h = f["x"][mask], f["h"][mask]
-    entry = {"threshold": float(np.float32(cfg.min_threshold)), "tie_hash": 0,
-             "copies": 1.0, "available": float(len(x))}
-    if cfg.num_image > 0 and len(x) > cfg.num_image:
-      order = np.lexsort((-h, -x))  # Descending confidence, then descending hash.
-      kth = order[cfg.num_image - 1]
-      entry.update(threshold=float(x[kth]), tie_hash=int(h[kth]))
-    elif cfg.num_image > 0 and cfg.upsample and len(x):
-      entry["copies"] = cfg.num_image / len(x)
-    entries.append(entry)
+    entries.append(exact_entry(f["x"][mask], f["h"][mask], int(mask.sum()), cfg))
   return entries
+
+
+def make_plan(mode: str, entries: Sequence[Dict[str, Any]], cfg: FilterConfig, seed: int,
+              num_bins: int, fingerprint_digest: str) -> Dict[str, Any]:
+  """The balance plan (tfrecords/plan.py reads it) of per-class `entries`."""
+  return {"version": plan_lib.PLAN_VERSION, "mode": mode, "seed": seed,
+          "min_threshold": cfg.min_threshold, "num_image": cfg.num_image,
+          "num_bins": int(num_bins), "classes": list(entries),
+          "fingerprint_digest": fingerprint_digest}
 
 
 def _class_names(pseudo_dir: str, num_classes: int,
@@ -185,6 +201,23 @@ def _manifests(pseudo_dir: str) -> List[Dict[str, Any]]:
   return manifests
 
 
+def write_report(out: str, plan: Dict[str, Any], cfg: FilterConfig, names: Sequence[str],
+                 before: np.ndarray, counted: Dict[str, np.ndarray], corrupt: int
+                 ) -> Tuple[Dict[str, Any], str, str]:
+  """balance_report.json and balance_counts.png in `out` for `plan`; `before`: records
+  per class, `counted`: `plan_lib.count_copies`'s per-class sums. Returns (report,
+  report path, plot path)."""
+  report = _report(cfg, plan["seed"], plan["mode"], names, before, plan["classes"],
+                   counted, corrupt)
+  report_path, plot_path = f"{out}/balance_report.json", f"{out}/balance_counts.png"
+  fmt.write_json_atomic(report_path, report)
+  write_plot(plot_path, names, before, counted["copies"], cfg.num_image)
+  logging.info("balance (%s): %d records -> %d kept, %d after duplication; plan %s",
+               plan["mode"], report["totals"]["before"], report["totals"]["kept_unique"],
+               report["totals"]["after"], f"{out}/{plan_lib.PLAN_NAME}")
+  return report, report_path, plot_path
+
+
 def balance(pseudo_dir: str, filter_cfg: FilterConfig, *, output_dir: Optional[str] = None,
             class_names: Optional[Sequence[str]] = None, seed: int = 0) -> BalanceResult:
   """Computes the balance plan of a predict output directory; writes plan, report, plot.
@@ -212,22 +245,15 @@ def balance(pseudo_dir: str, filter_cfg: FilterConfig, *, output_dir: Optional[s
                                         filter_cfg, seed)
   else:
     mode, entries = "histogram", histogram_plan(merge_histograms(manifests), filter_cfg)
-  plan = {"version": plan_lib.PLAN_VERSION, "mode": mode, "seed": seed,
-          "min_threshold": filter_cfg.min_threshold, "num_image": filter_cfg.num_image,
-          "num_bins": int(manifests[0]["num_bins"]), "classes": entries,
-          "fingerprint_digest": manifests[0]["fingerprint_digest"]}
+  plan = make_plan(mode, entries, filter_cfg, seed, manifests[0]["num_bins"],
+                   manifests[0]["fingerprint_digest"])
   out = (output_dir or pseudo_dir).rstrip("/")
   tf.io.gfile.makedirs(out)
   plan_path = f"{out}/{plan_lib.PLAN_NAME}"
   fmt.write_json_atomic(plan_path, plan)
   counted = plan_lib.count_copies(pseudo_dir, plan, num_classes)
   before = np.sum([m["class_counts"] for m in manifests], axis=0)
-  report = _report(filter_cfg, seed, mode, names, before, entries, counted,
-                   sum(m["skipped_count"] for m in manifests))
-  report_path, plot_path = f"{out}/balance_report.json", f"{out}/balance_counts.png"
-  fmt.write_json_atomic(report_path, report)
-  write_plot(plot_path, names, before, counted["copies"], filter_cfg.num_image)
-  logging.info("balance (%s): %d records -> %d kept, %d after duplication; plan %s", mode,
-               report["totals"]["before"], report["totals"]["kept_unique"],
-               report["totals"]["after"], plan_path)
+  report, report_path, plot_path = write_report(
+      out, plan, filter_cfg, names, before, counted,
+      sum(m["skipped_count"] for m in manifests))
   return BalanceResult(plan_path, report_path, plot_path, report)
