@@ -18,10 +18,13 @@ import tensorflow as tf
 from noisy_student import balance
 from noisy_student import beam as beam_lib
 from noisy_student import predict
-from noisy_student.config import FilterConfig, ModelConfig, PredictConfig
+from noisy_student import train as train_lib
+from noisy_student.config import (DataConfig, DistributeConfig, FilterConfig, ModelConfig,
+                                  PredictConfig, TrainConfig)
 from noisy_student.data import sources
 from noisy_student.train import checkpoints
 from noisy_student.train import ema as ema_lib
+import tfrecords
 from tfrecords import format as fmt
 from tfrecords import plan as plan_lib
 from tfrecords import reader
@@ -131,23 +134,56 @@ def assert_same_output(expected, got):
         np.testing.assert_allclose(r[fmt.PROBS_KEY], s[fmt.PROBS_KEY], atol=1e-6)
 
 
-def test_multi_process_direct_runner_writes_the_in_process_output(teacher, image_source,
-                                                                  tmp_path):
-  """Two in-process workers' shards + the filter step == one Beam job on 2 processes."""
+@pytest.fixture(scope="module")
+def multi_process(teacher, image_source, tmp_path_factory):
+  """Two in-process workers' predict + the filter step, and one Beam job on 2 processes."""
+  root = tmp_path_factory.mktemp("multi_process")
   filter_cfg = FilterConfig(min_threshold=0.3, num_image=6)
-  _in_process(teacher, image_source, tmp_path / "in_process", filter_cfg, 2, 3)
-  summary = _beam(teacher, image_source, tmp_path / "beam", filter_cfg, 2, 3,
+  _in_process(teacher, image_source, root / "in_process", filter_cfg, 2, 3)
+  summary = _beam(teacher, image_source, root / "beam", filter_cfg, 2, 3,
                   options=MULTI_PROCESS)
-  assert_same_output(str(tmp_path / "in_process"), str(tmp_path / "beam"))
+  return root, summary
+
+
+def test_multi_process_direct_runner_writes_the_in_process_output(multi_process):
+  root, summary = multi_process
+  assert_same_output(str(root / "in_process"), str(root / "beam"))
   assert summary.records_written == 40 and summary.corrupt_skipped == 1
-  report = _json(tmp_path / "beam" / "balance_report.json")
+  report = _json(root / "beam" / "balance_report.json")
   kept = {f"kept_{p['name']}": p["kept_unique"] for p in report["per_class"]}
   assert 0 < sum(kept.values()) < 40  # The threshold and num_image both bit.
   assert summary.counters == {"images_read": 41, "images_labelled": 40, "images_skipped": 1,
                               "num_inferences": 41, "shards_written": 6, **kept}
   plan = _json(summary.plan_path)
-  assert plan == _json(tmp_path / "in_process" / plan_lib.PLAN_NAME)
-  assert not any(".tmp-" in n for n in os.listdir(tmp_path / "beam"))
+  assert plan == _json(root / "in_process" / plan_lib.PLAN_NAME)
+  assert not any(".tmp-" in n for n in os.listdir(root / "beam"))
+  assert summary.stages[:4] == ["Layout", "ReadWorkFiles", "SpreadImages", "ReadImages"]
+  assert {"Label", "GroupByShard", "WriteShards", "WriteBalancePlan"} <= set(summary.stages)
+
+
+def test_a_student_trains_on_the_beam_output_with_its_plan(multi_process, tmp_path):
+  root, summary = multi_process
+  pseudo_dir = str(root / "beam")
+  kept = reader_count(tfrecords.read_pseudo_labels(pseudo_dir, plan_lib.plan_in(pseudo_dir)))
+  assert kept == summary.totals["after"] < summary.records_written  # The plan applies.
+  rng = np.random.default_rng(2)
+  labeled = tf.data.Dataset.from_tensor_slices({
+      "image/encoded": [tf.io.encode_png(rng.integers(0, 256, [32, 32, 3], dtype=np.uint8)
+                                         ).numpy() for _ in range(20)],
+      "id": [f"l:{i}" for i in range(20)], "label": np.arange(20) % 5})
+  result = train_lib.train(
+      ModelConfig("efficientnet-test", len(NAMES), SIZE), DataConfig(augment_name=None,
+                                                                     shuffle_buffer=16),
+      TrainConfig(model_dir=str(tmp_path), train_batch_size=4, train_steps=2,
+                  unlabel_ratio=1.0, iterations_per_loop=1, warmup_epochs=0.0,
+                  save_checkpoints_steps=2, log_every_n_steps=1),
+      DistributeConfig(strategy="default"), labeled_source=labeled,
+      pseudo_labels=pseudo_dir, class_names=NAMES)
+  assert result.global_step == 2
+
+
+def reader_count(ds):
+  return sum(1 for _ in ds)
 
 
 @pytest.mark.parametrize("num_workers", [2, 4])  # 3 files: whole files per worker, or not.
@@ -207,3 +243,24 @@ def test_a_failed_bundle_is_retried_without_duplicates(teacher, image_source, tm
   # This runner commits a failed attempt's counter increments too (Dataflow does not):
   # the retried batch of 8 shows up twice.
   assert summary.counters["images_labelled"] == 40 + 8
+
+
+def test_the_pipelines_predict_phase_runs_on_the_runner(teacher, image_source, tmp_path):
+  """--mode=pipeline's predict phase with --runner: the Beam job; the balance phase after
+  it (as today) computes the very plan the job wrote."""
+  from noisy_student import config as config_lib  # pylint: disable=g-import-not-at-top
+  from noisy_student import context, pipeline  # pylint: disable=g-import-not-at-top
+  cfg = config_lib.Config(
+      train=TrainConfig(model_dir=str(tmp_path / "run")),
+      data=DataConfig(unlabel_data_dir=image_source.spec, seed=3),
+      eval=config_lib.EvalConfig(eval_batch_size=8),
+      predict=PredictConfig(num_shards=2, runner="DirectRunner"),
+      filter=FilterConfig(min_threshold=0.25, num_image=4))
+  ctx = context.Context(cfg)
+  out = ctx.path("pseudo_1")
+  pseudo = pipeline.predict_pseudo_labels(ctx, context.trained_model_of(teacher), out)
+  assert (pseudo.records_written, pseudo.corrupt_skipped) == (40, 1)
+  written_by_beam = _json(f"{out}/{plan_lib.PLAN_NAME}")
+  balanced = pipeline.balance_pseudo_labels(ctx, out)
+  assert _json(balanced.plan_path) == written_by_beam
+  assert written_by_beam["seed"] == 3 and written_by_beam["num_image"] == 4

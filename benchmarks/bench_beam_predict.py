@@ -1,0 +1,163 @@
+"""The Beam job on the multi-process DirectRunner vs the in-process predict: a ratio.
+
+    python benchmarks/bench_beam_predict.py [--model efficientnet-b0] [--image_size 128]
+        [--num_images 1024] [--num_files 8] [--batch_size 64] [--repeats 3]
+        [--beam_options "--direct_num_workers=2 --direct_running_mode=multi_processing"]
+
+Writes generated JPEGs into --num_files TFRecord files and a teacher model_dir (random
+weights, EMA included), then, alternately and each in a fresh process (so neither
+inherits the other's warm caches): (A) the in-process predict (`noisy_student.predict`)
+followed by the filter step (`noisy_student.balance`), and (B) the same teacher, source
+and output as one Beam job (`noisy_student.beam`, predict + filter) on the DirectRunner
+with --beam_options (default: 2 worker processes), on the same cores. Each side is timed
+from before its teacher loads to the files on disk (model loading, tracing, Beam's
+worker start-up included: what a user waits for); the interpreter's imports are not.
+Prints each repeat's images/s, the medians, the ratio B/A (predict alone and
+predict + filter on side A), the outputs' agreement, and the Beam job's stages.
+Absolute numbers depend on the machine's load; the ratio of one run is the figure.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+
+def _setup(args, root: str) -> None:
+  """The TFRecord files and the teacher's model_dir."""
+  import keras  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from bench_predict import write_images  # pylint: disable=g-import-not-at-top
+  from noisy_student.config import ModelConfig  # pylint: disable=g-import-not-at-top
+  from noisy_student.train import checkpoints, ema  # pylint: disable=g-import-not-at-top
+  per_file = args.num_images // args.num_files
+  os.makedirs(f"{root}/data")
+  for f in range(args.num_files):
+    write_images(f"{root}/data/train-{f:05d}-of-{args.num_files:05d}", per_file,
+                 args.image_size, seed=f)
+  keras.utils.set_random_seed(0)
+  model_cfg = ModelConfig(args.model, 10, args.image_size)
+  model = checkpoints.build_model(model_cfg)
+  checkpoint = checkpoints.make_checkpoint(model, ema=ema.WeightEMA(model, 0.5))
+  tf.train.CheckpointManager(checkpoint, f"{root}/teacher", 1).save()
+  checkpoints.write_build_config(f"{root}/teacher", model_cfg,
+                                 [str(c) for c in range(10)], True)
+
+
+def _side(args, root: str, side: str, out: str) -> None:
+  """One timed run; prints a JSON line {side, seconds, predict_seconds, records}."""
+  from noisy_student import balance  # pylint: disable=g-import-not-at-top
+  from noisy_student.config import FilterConfig, PredictConfig  # pylint: disable=g-import-not-at-top
+  from noisy_student.data import sources  # pylint: disable=g-import-not-at-top
+  source = sources.open_source(f"{root}/data", split="unlabeled")
+  names = [str(c) for c in range(10)]
+  filter_cfg = FilterConfig()
+  common = dict(image_size=args.image_size, batch_size=args.batch_size, class_names=names,
+                teacher_id=f"{root}/teacher")
+  if side == "in_process":
+    from noisy_student import predict  # pylint: disable=g-import-not-at-top
+    from noisy_student.train import checkpoints  # pylint: disable=g-import-not-at-top
+    start = time.time()
+    model = checkpoints.load_for_inference(f"{root}/teacher")
+    summary = predict.predict(model, source, PredictConfig(output_dir=out,
+                                                           num_shards=args.num_shards),
+                              **common)
+    predict_seconds = time.time() - start
+    balance.balance(out, filter_cfg)
+    records = summary.records_written
+  else:
+    from noisy_student import beam  # pylint: disable=g-import-not-at-top
+    start = time.time()
+    cfg = PredictConfig(output_dir=out, num_shards=args.num_shards, runner="DirectRunner",
+                        beam_options=args.beam_options)
+    summary = beam.predict(f"{root}/teacher", source, cfg, filter_cfg=filter_cfg, **common)
+    predict_seconds, records = None, summary.records_written
+    print("STAGES " + " -> ".join(summary.stages))
+  seconds = time.time() - start
+  print("RESULT " + json.dumps({"side": side, "seconds": seconds,
+                                "predict_seconds": predict_seconds, "records": records}))
+
+
+def _agree(first: str, second: str) -> bool:
+  """Same shard files, manifests (but size) and plan in both outputs."""
+  names = sorted(n for n in os.listdir(first) if n.startswith(("train", "_train")) or
+                 n == "balance_plan.json")
+  for name in names:
+    with open(f"{first}/{name}", "rb") as a, open(f"{second}/{name}", "rb") as b:
+      if a.read() != b.read():
+        return False
+  return True
+
+
+def _spawn(args, root: str, side: str, out: str) -> dict:
+  argv = [sys.executable, os.path.abspath(__file__), f"--side={side}", f"--root={root}",
+          f"--out={out}"] + [f"--{k}={v}" for k, v in vars(args).items()
+                             if k not in ("side", "root", "out", "repeats")]
+  proc = subprocess.run(argv, capture_output=True, text=True, check=False)
+  if proc.returncode:
+    raise RuntimeError(f"{side} failed:\n{proc.stderr[-3000:]}")
+  lines = proc.stdout.splitlines()
+  result = json.loads(next(l for l in lines if l.startswith("RESULT "))[7:])
+  result["stages"] = next((l[7:] for l in lines if l.startswith("STAGES ")), None)
+  return result
+
+
+def _median(values):
+  values = sorted(values)
+  return values[len(values) // 2]
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--model", default="efficientnet-b0")
+  parser.add_argument("--image_size", type=int, default=128)
+  parser.add_argument("--num_images", type=int, default=1024)
+  parser.add_argument("--num_files", type=int, default=8)
+  parser.add_argument("--num_shards", type=int, default=4)
+  parser.add_argument("--batch_size", type=int, default=64)
+  parser.add_argument("--repeats", type=int, default=3)
+  parser.add_argument("--beam_options",
+                      default="--direct_num_workers=2 --direct_running_mode=multi_processing")
+  parser.add_argument("--side", default="", help=argparse.SUPPRESS)
+  parser.add_argument("--root", default="", help=argparse.SUPPRESS)
+  parser.add_argument("--out", default="", help=argparse.SUPPRESS)
+  args = parser.parse_args()
+  if args.side:
+    _side(args, args.root, args.side, args.out)
+    return
+  root = tempfile.mkdtemp(prefix="bench_beam_")
+  _setup(args, root)
+  print(f"load average before: {os.getloadavg()}")
+  rates = {"in_process": [], "in_process_predict": [], "beam": []}
+  stages = None
+  for r in range(args.repeats):
+    for side in ("in_process", "beam"):  # Alternated: both see the same load drift.
+      out = f"{root}/{side}_{r}"
+      result = _spawn(args, root, side, out)
+      rates[side].append(result["records"] / result["seconds"])
+      if result["predict_seconds"]:
+        rates["in_process_predict"].append(result["records"] / result["predict_seconds"])
+      stages = result["stages"] or stages
+      print(f"repeat {r} {side}: {result['records']} images in {result['seconds']:.1f} s, "
+            f"{rates[side][-1]:.1f} images/s")
+  a, a_predict, b = (_median(rates[k]) for k in ("in_process", "in_process_predict", "beam"))
+  print(f"load average after: {os.getloadavg()}")
+  print(f"median images/s: in-process predict {a_predict:.1f}, in-process predict + filter "
+        f"{a:.1f}, Beam job (predict + filter) {b:.1f}")
+  print(f"ratio Beam / in-process predict + filter: {b / a:.2f}; "
+        f"Beam / in-process predict alone: {b / a_predict:.2f}")
+  print(f"outputs identical: {_agree(f'{root}/in_process_0', f'{root}/beam_0')}")
+  print(f"Beam stages: {stages}")
+
+
+if __name__ == "__main__":
+  main()
