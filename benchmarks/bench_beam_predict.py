@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -102,12 +103,18 @@ def _spawn(args, root: str, side: str, out: str) -> dict:
   argv = [sys.executable, os.path.abspath(__file__), f"--side={side}", f"--root={root}",
           f"--out={out}"] + [f"--{k}={v}" for k, v in vars(args).items()
                              if k not in ("side", "root", "out", "repeats")]
+  before = resource.getrusage(resource.RUSAGE_CHILDREN)
   proc = subprocess.run(argv, capture_output=True, text=True, check=False)
+  after = resource.getrusage(resource.RUSAGE_CHILDREN)
   if proc.returncode:
     raise RuntimeError(f"{side} failed:\n{proc.stderr[-3000:]}")
   lines = proc.stdout.splitlines()
   result = json.loads(next(l for l in lines if l.startswith("RESULT "))[7:])
   result["stages"] = next((l[7:] for l in lines if l.startswith("STAGES ")), None)
+  # CPU of the whole side (its worker processes too, imports included): less disturbed
+  # by other programs' load than wall time.
+  result["cpu_seconds"] = (after.ru_utime + after.ru_stime) - (before.ru_utime +
+                                                                before.ru_stime)
   return result
 
 
@@ -138,23 +145,28 @@ def main() -> None:
   _setup(args, root)
   print(f"load average before: {os.getloadavg()}")
   rates = {"in_process": [], "in_process_predict": [], "beam": []}
+  cpu = {"in_process": [], "beam": []}
   stages = None
   for r in range(args.repeats):
     for side in ("in_process", "beam"):  # Alternated: both see the same load drift.
       out = f"{root}/{side}_{r}"
       result = _spawn(args, root, side, out)
       rates[side].append(result["records"] / result["seconds"])
+      cpu[side].append(1000 * result["cpu_seconds"] / result["records"])
       if result["predict_seconds"]:
         rates["in_process_predict"].append(result["records"] / result["predict_seconds"])
       stages = result["stages"] or stages
       print(f"repeat {r} {side}: {result['records']} images in {result['seconds']:.1f} s, "
-            f"{rates[side][-1]:.1f} images/s")
+            f"{rates[side][-1]:.1f} images/s, {cpu[side][-1]:.0f} CPU ms per image "
+            f"(the side's processes, imports included)")
   a, a_predict, b = (_median(rates[k]) for k in ("in_process", "in_process_predict", "beam"))
   print(f"load average after: {os.getloadavg()}")
   print(f"median images/s: in-process predict {a_predict:.1f}, in-process predict + filter "
         f"{a:.1f}, Beam job (predict + filter) {b:.1f}")
   print(f"ratio Beam / in-process predict + filter: {b / a:.2f}; "
         f"Beam / in-process predict alone: {b / a_predict:.2f}")
+  print(f"median CPU ms per image: in-process {_median(cpu['in_process']):.0f}, Beam "
+        f"{_median(cpu['beam']):.0f}")
   print(f"outputs identical: {_agree(f'{root}/in_process_0', f'{root}/beam_0')}")
   print(f"Beam stages: {stages}")
 

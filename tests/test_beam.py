@@ -6,7 +6,6 @@ BundleBasedDirectRunner for the retry test: the FnApiRunner fails a job at a bun
 first exception, while the BundleBasedDirectRunner retries a failed bundle up to 4
 times (apache_beam/runners/direct/executor.py, TransformExecutor), as Dataflow does.
 """
-import dataclasses
 import json
 import os
 
@@ -31,7 +30,11 @@ from tfrecords import reader
 
 NAMES = [f"class_{c}" for c in range(5)]
 SIZE = 32
-MULTI_PROCESS = "--direct_num_workers=2 --direct_running_mode=multi_processing"
+# The DirectRunner first tries the Prism runner, which it downloads on first use; a
+# location that holds none makes it use its own FnApiRunner (the engine whose in-memory
+# and multi-process modes these tests run) here and on machines with network alike.
+NO_PRISM = "--prism_location=/nonexistent/prism"
+MULTI_PROCESS = f"{NO_PRISM} --direct_num_workers=2 --direct_running_mode=multi_processing"
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +100,7 @@ def _in_process(teacher, source, out, filter_cfg, num_workers, num_shards, seed=
 
 
 def _beam(teacher, source, out, filter_cfg, num_workers, num_shards, runner="DirectRunner",
-          options="", seed=0):
+          options=NO_PRISM, seed=0):
   cfg = PredictConfig(output_dir=str(out), num_shards=num_shards, num_workers=num_workers,
                       runner=runner, beam_options=options)
   return beam_lib.predict(teacher, source, cfg, filter_cfg=filter_cfg, image_size=SIZE,
@@ -157,7 +160,9 @@ def test_multi_process_direct_runner_writes_the_in_process_output(multi_process)
   plan = _json(summary.plan_path)
   assert plan == _json(root / "in_process" / plan_lib.PLAN_NAME)
   assert not any(".tmp-" in n for n in os.listdir(root / "beam"))
-  assert summary.stages[:4] == ["Layout", "ReadWorkFiles", "SpreadImages", "ReadImages"]
+  assert not os.listdir(root / "beam" / "_beam")  # The work files, removed at the end.
+  assert summary.stages[:5] == ["Layout", "ReadWorkFiles", "SpreadImages", "ReadImages",
+                                "Label"]
   assert {"Label", "GroupByShard", "WriteShards", "WriteBalancePlan"} <= set(summary.stages)
 
 
@@ -186,10 +191,12 @@ def reader_count(ds):
   return sum(1 for _ in ds)
 
 
-@pytest.mark.parametrize("num_workers", [2, 4])  # 3 files: whole files per worker, or not.
-def test_tfrecords_exact_top_k_and_resume(teacher, record_source, tmp_path, num_workers):
+def test_tfrecords_exact_top_k_and_resume(teacher, record_source, tmp_path):
   """TFRecords (positions from the files' counts) on the in-memory DirectRunner, with the
-  exact per-class top-K; then a lost shard is rewritten alone."""
+  exact per-class top-K; then a lost shard is rewritten alone. Two workers' parts: the
+  second holds only the empty file, so its shards are written empty (as in-process).
+  Other worker counts: tests/test_record_order.py checks the positions against tf.data."""
+  num_workers = 2
   filter_cfg = FilterConfig(min_threshold=0.25, num_image=3, exact_topk=True)
   _in_process(teacher, record_source, tmp_path / "in_process", filter_cfg, num_workers, 2,
               seed=7)
@@ -205,6 +212,11 @@ def test_tfrecords_exact_top_k_and_resume(teacher, record_source, tmp_path, num_
   assert (again.shards_written, again.shards_reused) == (1, 2 * num_workers - 1)
   assert again.counters["images_labelled"] == _json(
       out / fmt.manifest_name(lost))["record_count"] > 0
+  assert_same_output(str(tmp_path / "in_process"), str(out))
+  os.remove(out / plan_lib.PLAN_NAME)  # Every shard complete: only the filter step runs.
+  done = _beam(teacher, record_source, out, filter_cfg, num_workers, 2, seed=7)
+  assert (done.shards_written, done.records_written) == (0, 0)
+  assert "Label" not in done.stages
   assert_same_output(str(tmp_path / "in_process"), str(out))
 
 
@@ -233,7 +245,7 @@ def test_a_failed_bundle_is_retried_without_duplicates(teacher, image_source, tm
   _fail_once(monkeypatch, fmt.ShardWriter, "write_serialized", markers[0])
   _fail_once(monkeypatch, handler_lib.TeacherHandler, "run_inference", markers[1])
   summary = _beam(teacher, image_source, tmp_path / "beam", filter_cfg, 1, 2,
-                  runner="BundleBasedDirectRunner")
+                  runner="BundleBasedDirectRunner", options="")
   assert all(os.path.exists(m) for m in markers)  # Both failures happened.
   assert_same_output(str(tmp_path / "in_process"), str(tmp_path / "beam"))
   ids = [r[fmt.ID_KEY] for r in reader.read_records(str(tmp_path / "beam")).as_numpy_iterator()]
@@ -254,7 +266,7 @@ def test_the_pipelines_predict_phase_runs_on_the_runner(teacher, image_source, t
       train=TrainConfig(model_dir=str(tmp_path / "run")),
       data=DataConfig(unlabel_data_dir=image_source.spec, seed=3),
       eval=config_lib.EvalConfig(eval_batch_size=8),
-      predict=PredictConfig(num_shards=2, runner="DirectRunner"),
+      predict=PredictConfig(num_shards=2, runner="DirectRunner", beam_options=NO_PRISM),
       filter=FilterConfig(min_threshold=0.25, num_image=4))
   ctx = context.Context(cfg)
   out = ctx.path("pseudo_1")
@@ -264,3 +276,24 @@ def test_the_pipelines_predict_phase_runs_on_the_runner(teacher, image_source, t
   balanced = pipeline.balance_pseudo_labels(ctx, out)
   assert _json(balanced.plan_path) == written_by_beam
   assert written_by_beam["seed"] == 3 and written_by_beam["num_image"] == 4
+
+
+@pytest.mark.slow
+def test_smoke_pipeline_with_its_predict_phases_on_the_direct_runner(tmp_path):
+  """`--mode=pipeline --runner=DirectRunner` as a user runs it: the smoke preset, every
+  iteration's predict a Beam job, the rest as before, to the results table."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  model_dir = tmp_path / "run"
+  proc = subprocess.run(
+      [sys.executable, "-m", "noisy_student", "--flagfile=flags/presets/smoke.flags",
+       f"--model_dir={model_dir}", "--norobustness", "--nofinetune",
+       "--noexport_at_end", "--runner=DirectRunner", "--", NO_PRISM],
+      cwd=repo, capture_output=True, text=True, timeout=3600,
+      env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES=""))
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "Beam predict on DirectRunner: stages" in proc.stderr
+  assert os.path.exists(model_dir / "pseudo_1" / plan_lib.PLAN_NAME)
+  assert [m["name"] for m in _json(model_dir / "results.json")["models"]] == [
+      "teacher", "student 1"]

@@ -27,7 +27,6 @@ import numpy as np
 
 from noisy_student.data.record_order import RecordOrder
 from noisy_student.data.source import Source
-from tfrecords import format as fmt
 
 NAMESPACE = "noisy_student"
 MAX_MEMORY_RECORDS = 200_000  # In-memory sources the driver may enumerate.
@@ -101,39 +100,38 @@ def plan_inputs(source: Source, num_workers: int, out: str) -> Inputs:
 def write_work_files(source: Source, layout: Layout, needed: FrozenSet[Tuple[int, int]],
                      pattern: str) -> int:
   """The images' work files: one line [worker, shard, index, label, path] per image of
-  a needed shard. Returns the number of lines."""
+  a needed shard, _LINES_PER_WORK_FILE images of the source per file (written as they
+  are made: the listing is never held whole). Returns the number of lines."""
   from noisy_student import atomic  # pylint: disable=g-import-not-at-top
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   directory = pattern.rsplit("/", 1)[0]
   for old in tf.io.gfile.glob(pattern):  # An earlier run's (other shards may be needed).
     tf.io.gfile.remove(old)
   paths, labels = source.files.paths, source.files.labels
-  worker, index = layout.order.locate_images(np.arange(len(paths)))
-  shard = layout.shard_of(worker, index)
-  lines = [json.dumps([int(w), int(k), int(i), int(y), p])
-           for w, k, i, y, p in zip(worker, shard, index, labels, paths)
-           if (int(w), int(k)) in needed]
-  parts = max(1, -(-len(lines) // _LINES_PER_WORK_FILE))
-  for part in range(parts):
-    chunk = lines[part * _LINES_PER_WORK_FILE:(part + 1) * _LINES_PER_WORK_FILE]
-    atomic.write_text(f"{directory}/inputs-{part:05d}-of-{parts:05d}.jsonl",
-                      "".join(line + "\n" for line in chunk))
-  return len(lines)
+  written = 0
+  for part, start in enumerate(range(0, len(paths), _LINES_PER_WORK_FILE)):
+    files = np.arange(start, min(start + _LINES_PER_WORK_FILE, len(paths)))
+    worker, index = layout.order.locate_images(files)
+    shard = layout.shard_of(worker, index)
+    lines = [json.dumps([w, k, i, labels[f], paths[f]]) + "\n"
+             for f, w, k, i in zip(files.tolist(), worker.tolist(), shard.tolist(),
+                                   index.tolist()) if (w, k) in needed]
+    if lines:
+      atomic.write_text(f"{directory}/inputs-{part:05d}.jsonl", "".join(lines))
+      written += len(lines)
+  if not written:  # Only empty shards to write: ReadFromText needs a file to match.
+    atomic.write_text(f"{directory}/inputs-00000.jsonl", "")
+  return written
 
 
-class ReadImage(beam.DoFn):
+def read_image(line: str) -> RawRecord:
   """A work-file line -> the raw record of its image (the file's own bytes)."""
-
-  def __init__(self):
-    self._read = Metrics.counter(NAMESPACE, "images_read")
-
-  def process(self, line: str) -> Iterator[RawRecord]:
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
-    w, k, i, label, path = json.loads(line)
-    with tf.io.gfile.GFile(path, "rb") as f:
-      encoded = f.read()
-    self._read.inc()
-    yield w, k, i, path.encode("utf-8"), label, encoded
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  w, k, i, label, path = json.loads(line)
+  with tf.io.gfile.GFile(path, "rb") as f:
+    encoded = f.read()
+  Metrics.counter(NAMESPACE, "images_read").inc()
+  return w, k, i, path.encode("utf-8"), label, encoded
 
 
 def count_records(item: Tuple[int, str]) -> Tuple[int, int]:
@@ -156,7 +154,6 @@ class ReadRecordFile(beam.DoFn):
 
   def __init__(self, inputs: Inputs, needed: FrozenSet[Tuple[int, int]]):
     self._inputs, self._needed = inputs, needed
-    self._read = Metrics.counter(NAMESPACE, "images_read")
 
   def process(self, item: Tuple[int, str], layout: Layout) -> Iterator[RawRecord]:
     from noisy_student.data import sources  # pylint: disable=g-import-not-at-top
@@ -170,7 +167,7 @@ class ReadRecordFile(beam.DoFn):
       worker, index = layout.order.locate(f, np.arange(j, j + n))
       shard = layout.shard_of(worker, index)
       j += n
-      self._read.inc(n)
+      Metrics.counter(NAMESPACE, "images_read").inc(n)
       for r in range(n):
         w, k = int(worker[r]), int(shard[r])
         if (w, k) in self._needed:
@@ -196,7 +193,7 @@ def read(p: beam.Pipeline, inputs: Inputs, layout: Any,
   if inputs.kind == "images":
     return (p | "ReadWorkFiles" >> beam.io.ReadFromText(inputs.work_pattern)
             | "SpreadImages" >> beam.Reshuffle()
-            | "ReadImages" >> beam.ParDo(ReadImage()))
+            | "ReadImages" >> beam.Map(read_image))
   if inputs.kind == "memory":
     return (p | "Records" >> beam.Create(assign_shards(inputs.records, layout, needed))
             | "SpreadRecords" >> beam.Reshuffle()
@@ -206,11 +203,8 @@ def read(p: beam.Pipeline, inputs: Inputs, layout: Any,
           | "ReadRecordFiles" >> beam.ParDo(ReadRecordFile(inputs, needed), layout))
 
 
-_READ = Metrics.counter(NAMESPACE, "images_read")
-
-
 def _count_read(record: RawRecord) -> RawRecord:
-  _READ.inc()
+  Metrics.counter(NAMESPACE, "images_read").inc()
   return record
 
 

@@ -9,6 +9,7 @@ manifests. Everything per record runs on the runner's workers.
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from typing import Any, Dict, FrozenSet, List, Optional, Sequence, Tuple
 
@@ -104,17 +105,21 @@ def build(p: beam.Pipeline, job: _Job, cfg: PredictConfig, source: Source,
           handler: handler_lib.TeacherHandler, filter_cfg: FilterConfig,
           class_names: Sequence[str], seed: int) -> beam.PCollection:
   """The job's graph on `p`; returns the PCollection of the balance report's totals."""
-  layout, layout_view = _layout(p, job, cfg, source)
-  raw = inputs_lib.read(p, job.inputs, layout, job.needed)
-  labelled = raw | "Label" >> RunInference(handler)
-  manifests, small = sink.write(labelled, sorted(job.needed), layout_view, job.out,
-                                job.prefix, job.num_classes, job.fingerprint)
+  manifests, small = [], []
+  if job.needed:  # Else every shard is complete: only the filter step runs.
+    layout, layout_view = _layout(p, job, cfg, source)
+    raw = inputs_lib.read(p, job.inputs, layout, job.needed)
+    labelled = raw | "Label" >> RunInference(handler)
+    written, written_small = sink.write(labelled, sorted(job.needed), layout_view, job.out,
+                                        job.prefix, job.num_classes, job.fingerprint)
+    manifests.append(written)
+    small.append(written_small)
   kept = list(job.reused)
-  manifests = ((manifests, p | "KeptManifests" >> beam.Create(kept))
-               | "AllManifests" >> beam.Flatten())
-  small = ((small, p | "KeptShards" >> beam.Create([m["path"] for m in kept])
-            | "ReadKeptShards" >> beam.ParDo(combiners.ReadSmallFields(seed)))
-           | "AllSmallFields" >> beam.Flatten())
+  manifests.append(p | "KeptManifests" >> beam.Create(kept))
+  small.append(p | "KeptShards" >> beam.Create([m["path"] for m in kept])
+               | "ReadKeptShards" >> beam.ParDo(combiners.ReadSmallFields(seed)))
+  manifests = tuple(manifests) | "AllManifests" >> beam.Flatten()
+  small = tuple(small) | "AllSmallFields" >> beam.Flatten()
   fp = job.fingerprint
   plan = combiners.balance_plan(manifests, small, filter_cfg, num_classes=job.num_classes,
                                 num_bins=fp["num_bins"], seed=seed,
@@ -207,19 +212,22 @@ def predict(teacher_path: str, source: Source, predict_cfg: PredictConfig, *,
   if state != PipelineState.DONE:
     raise RuntimeError(f"Beam job on {cfg.runner} ended {state}; see the runner's logs")
   seconds = time.time() - start
+  if job.inputs.work_pattern:  # The image listing served its purpose.
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    for path in tf.io.gfile.glob(job.inputs.work_pattern):
+      tf.io.gfile.remove(path)
   return _summary(job, cfg, result, graph, seconds)
 
 
 def _summary(job: _Job, cfg: PredictConfig, result: Any, graph: List[str],
              seconds: float) -> BeamSummary:
-  import json  # pylint: disable=g-import-not-at-top
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   counters = _counters(result)
   logging.info("Beam counters: %s", ", ".join(f"{k}={v}" for k, v in sorted(counters.items())))
+  keys = [(w, k) for w in range(cfg.num_workers) for k in range(cfg.num_shards)]
   paths = [f"{job.out}/{fmt.shard_name(job.prefix, k, cfg.num_shards, w, cfg.num_workers)}"
-           for w in range(cfg.num_workers) for k in range(cfg.num_shards)]
-  fresh = [fmt.read_manifest(p) for p, (w, k) in zip(paths, _keys(cfg))
-           if (w, k) in job.needed]
+           for w, k in keys]
+  fresh = [fmt.read_manifest(p) for p, key in zip(paths, keys) if key in job.needed]
   if any(m is None for m in fresh):
     raise RuntimeError(f"Beam job on {cfg.runner} finished but left shards of "
                        f"{job.out} incomplete")
@@ -233,6 +241,3 @@ def _summary(job: _Job, cfg: PredictConfig, result: Any, graph: List[str],
       plan_path=f"{job.out}/{plan_lib.PLAN_NAME}", totals=totals, counters=counters,
       stages=graph, seconds=seconds, images_per_sec=records / max(seconds, 1e-9))
 
-
-def _keys(cfg: PredictConfig) -> List[Tuple[int, int]]:
-  return [(w, k) for w in range(cfg.num_workers) for k in range(cfg.num_shards)]
