@@ -87,6 +87,37 @@ def next_version(export_dir: str) -> int:
   return max(versions, default=0) + 1
 
 
+def remove_leftovers(export_dir: str) -> list:
+  """Removes the `tmp-<version>-<pid>` folders an interrupted export left in `export_dir`
+  (TF Serving skips them, but they pile up); returns their paths. Locally a folder whose
+  process still runs is kept; remote ones (gs://) are all removed: the model_dir lock
+  (noisy_student/lock.py) keeps a second export of the same run from running."""
+  if not tf.io.gfile.isdir(export_dir):
+    return []
+  removed = []
+  for name in tf.io.gfile.listdir(export_dir):
+    match = re.fullmatch(r"tmp-\d+-(\d+)/?", name)
+    if not match or int(match.group(1)) == os.getpid():
+      continue
+    if "://" not in export_dir and _pid_alive(int(match.group(1))):
+      continue
+    path = f"{export_dir.rstrip('/')}/{name.rstrip('/')}"
+    tf.io.gfile.rmtree(path)
+    logging.info("Removed %s, left by an interrupted export.", path)
+    removed.append(path)
+  return removed
+
+
+def _pid_alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:
+    pass
+  return True
+
+
 def export_saved_model(model: keras.Model, export_dir: str, *,
                        class_names: Sequence[str], preprocess_fn: PreprocessFn,
                        top_k: int = 5, version: Optional[int] = None) -> str:
@@ -108,6 +139,7 @@ def export_saved_model(model: keras.Model, export_dir: str, *,
   if len(class_names) != num_classes:
     raise ValueError(f"export: {len(class_names)} class names for a model with "
                      f"{num_classes} outputs")
+  remove_leftovers(export_dir)
   version = next_version(export_dir) if version is None else version
   final_dir = f"{export_dir.rstrip('/')}/{version}"
   if tf.io.gfile.exists(final_dir):

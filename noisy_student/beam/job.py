@@ -62,12 +62,15 @@ class _Job:
 
 
 def _plan_job(source: Source, cfg: PredictConfig, fingerprint: Dict[str, Any],
-              num_classes: int, class_names: Sequence[str], prefix: str) -> _Job:
-  """Output directory checks, the shards to write, and the source's work items."""
+              num_classes: int, class_names: Sequence[str], prefix: str,
+              teacher_aliases: Sequence[str]) -> _Job:
+  """Output directory checks, the shards to write (missing, incomplete or damaged, as
+  the in-process predict decides), and the source's work items."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   out = cfg.output_dir.rstrip("/")
   tf.io.gfile.makedirs(out)
   names = set(tf.io.gfile.listdir(out))
+  fingerprint = run.adopt_alias(out, names, fingerprint, teacher_aliases)
   run.check_output_dir(out, names, fmt.fingerprint_digest(fingerprint))
   fmt.write_json_atomic(f"{out}/{fmt.CLASS_NAMES_FILE}", {"class_names": list(class_names)})
   needed, reused = set(), []
@@ -181,14 +184,16 @@ def predict(teacher_path: str, source: Source, predict_cfg: PredictConfig, *,
             small_image: bool = False,
             distribute_cfg: Optional[DistributeConfig] = None,
             source_id: Optional[str] = None, prefix: str = "train",
-            num_bins: int = fmt.DEFAULT_NUM_BINS) -> BeamSummary:
+            num_bins: int = fmt.DEFAULT_NUM_BINS,
+            teacher_aliases: Sequence[str] = ()) -> BeamSummary:
   """Labels `source` with the teacher in `teacher_path` as one Beam job on
   `predict_cfg.runner`: the shards, manifests and count files of all
   `predict_cfg.num_workers` in-process workers, and the filter step's balance plan,
   report and plot (settings `filter_cfg`, `seed`) in `predict_cfg.output_dir`.
 
   Args mean what they mean for `noisy_student.predict.predict` (the teacher given by
-  its path: each worker loads it); `distribute_cfg`: --strategy / --jit_compile, resolved
+  its path: each worker loads it; `teacher_id` and `teacher_aliases` as there, so the
+  in-process predict and a Beam job resume each other's shards); `distribute_cfg`: --strategy / --jit_compile, resolved
   on each worker. Returns a BeamSummary. Raises ValueError on an output_dir written with
   other flags or a source the job cannot split; RuntimeError when the job fails.
   """
@@ -197,7 +202,8 @@ def predict(teacher_path: str, source: Source, predict_cfg: PredictConfig, *,
                                      source_id=str(source_id or source.describe()),
                                      num_classes=len(class_names), image_size=image_size,
                                      num_bins=num_bins)
-  job = _plan_job(source, cfg, fingerprint, len(class_names), class_names, prefix)
+  job = _plan_job(source, cfg, fingerprint, len(class_names), class_names, prefix,
+                  teacher_aliases)
   handler = handler_lib.TeacherHandler(
       teacher_path, image_size=image_size, small_image=small_image, batch_size=batch_size,
       seed=seed, distribute_cfg=distribute_cfg or DistributeConfig(),
