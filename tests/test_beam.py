@@ -45,12 +45,16 @@ def teacher(tmp_path_factory):
   """An efficientnet-test model_dir whose EMA weights differ from its raw ones (a
   handler that skipped the EMA would disagree with the in-process predict) and whose
   logits are spread, so confidences cross the thresholds below."""
-  path = str(tmp_path_factory.mktemp("teacher"))
+  return _write_teacher(str(tmp_path_factory.mktemp("teacher")), 30000.0)
+
+
+def _write_teacher(path, spread):
+  """A model_dir whose EMA classifier is the random one times `spread`."""
   keras.utils.set_random_seed(1)
   model_cfg = ModelConfig("efficientnet-test", len(NAMES), SIZE)
   model = checkpoints.build_model(model_cfg)
   dense = model.get_layer("predictions")
-  dense.set_weights([w * 30000.0 for w in dense.get_weights()])
+  dense.set_weights([w * spread for w in dense.get_weights()])
   ema = ema_lib.WeightEMA(model, 0.5)
   dense.set_weights([w * 0.5 for w in dense.get_weights()])
   manager = tf.train.CheckpointManager(checkpoints.make_checkpoint(model, ema=ema), path, 1)
@@ -255,6 +259,21 @@ def test_tfrecords_exact_top_k_and_resume(teacher, record_source, tmp_path):
   assert (done.shards_written, done.records_written) == (0, 0)
   assert "Label" not in done.stages
   assert_same_output(str(tmp_path / "in_process"), str(out))
+
+
+def test_a_teacher_with_non_finite_outputs_stops_the_job_in_one_line(image_source,
+                                                                      tmp_path):
+  """As the in-process predict (faults.Diverged, exit code 3): found on the worker
+  before any shard is written, and raised by the driver as one line."""
+  from noisy_student import faults  # pylint: disable=g-import-not-at-top
+  nan_teacher = _write_teacher(str(tmp_path / "teacher"), float("nan"))
+  with pytest.raises(faults.Diverged) as e:
+    _beam(nan_teacher, image_source, tmp_path / "beam", FilterConfig(), 1, 2)
+  message = str(e.value)
+  assert len(message.splitlines()) == 1, message
+  assert message.startswith("the teacher's outputs are not finite (image ")
+  assert message.endswith("train it again with a lower --base_learning_rate")
+  assert not fmt.list_manifests(str(tmp_path / "beam"))
 
 
 def _fail_once(monkeypatch, cls, name, marker):

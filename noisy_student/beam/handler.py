@@ -22,11 +22,15 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelHandler
+import numpy as np
 
+from noisy_student import faults
 from noisy_student.beam.inputs import NAMESPACE, RawRecord
 from noisy_student.config import DistributeConfig
 
 Labelled = Tuple[Tuple[int, int], tuple]
+# Begins the Diverged message, which the driver finds in the runner's error (job.py).
+NOT_FINITE = "the teacher's outputs are not finite"
 
 
 @dataclasses.dataclass
@@ -118,10 +122,16 @@ class TeacherHandler(ModelHandler[RawRecord, Labelled, Teacher]):
       records, classes, confidence = model.step({
           "image": images, "image/encoded": tf.constant([r[5] for r in good], tf.string),
           "id": ids, "label": tf.constant([r[4] for r in good], tf.int64)})
+      confidence = confidence.numpy()
+      if not np.isfinite(confidence).all():  # As the in-process sink: before any write.
+        first = good[int(np.flatnonzero(~np.isfinite(confidence))[0])][3]
+        raise faults.Diverged(
+            f"{NOT_FINITE} (image {first.decode('utf-8', 'replace')}): its training "
+            "diverged; train it again with a lower --base_learning_rate")
       hashes = plan_lib.id_hash(ids, self._seed).numpy().tolist()
       for r, record, c, x, h in zip(good, records.numpy().tolist(),
-                                    classes.numpy().tolist(),
-                                    confidence.numpy().tolist(), hashes):
+                                    classes.numpy().tolist(), confidence.tolist(),
+                                    hashes):
         out.append(((r[0], r[1]), ("L", r[2], record, c, x, h)))
     bad = sorted(set(range(len(batch))) - set(rows))
     for r in bad:

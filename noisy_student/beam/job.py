@@ -21,6 +21,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.pipeline import PipelineVisitor
 from apache_beam.runners.runner import PipelineState
 
+from noisy_student import faults
 from noisy_student.beam import combiners
 from noisy_student.beam import handler as handler_lib
 from noisy_student.beam import inputs as inputs_lib
@@ -213,8 +214,14 @@ def predict(teacher_path: str, source: Source, predict_cfg: PredictConfig, *,
   build(p, job, cfg, source, handler, filter_cfg, class_names, seed)
   graph = stages(p)
   logging.info("Beam predict on %s: stages %s", cfg.runner, " -> ".join(graph))
-  result = p.run()
-  state = result.wait_until_finish()
+  try:
+    result = p.run()
+    state = result.wait_until_finish()
+  except Exception as e:  # pylint: disable=broad-except  (re-raised)
+    fault = _fault_of(e)
+    if fault is None:
+      raise
+    raise fault from None
   if state != PipelineState.DONE:
     raise RuntimeError(f"Beam job on {cfg.runner} ended {state}; see the runner's logs")
   seconds = time.time() - start
@@ -223,6 +230,16 @@ def predict(teacher_path: str, source: Source, predict_cfg: PredictConfig, *,
     for path in tf.io.gfile.glob(job.inputs.work_pattern):
       tf.io.gfile.remove(path)
   return _summary(job, cfg, result, graph, seconds)
+
+
+def _fault_of(error: Exception) -> Optional[faults.Fault]:
+  """The one-line Fault a worker raised, found in the runner's error (which wraps it in
+  its own traceback text, in-process or from a remote worker), or None."""
+  for line in str(error).splitlines():
+    if handler_lib.NOT_FINITE in line:
+      message = line[line.index(handler_lib.NOT_FINITE):]
+      return faults.Diverged(message.split(" [while running")[0].strip())
+  return None
 
 
 def _summary(job: _Job, cfg: PredictConfig, result: Any, graph: List[str],

@@ -2,7 +2,9 @@
 
 Labelled records are grouped by (worker, shard); one `WriteShard` call writes a whole
 shard with `tfrecords.format.ShardWriter` (a temporary name, renamed into place, then the
-manifest), so the files and manifests are the ones the in-process predict writes. Why
+manifest by `format.shard_manifest`, the one manifest writer: the size and CRC32C of the
+file as written), so the files and manifests are the ones the in-process predict writes
+and tfrecords/integrity verifies them alike. Why
 this holds under retries: a shard is written only from its complete group, in record
 order, so every attempt writes the same bytes; a failed attempt's temporary file is
 removed (and a killed one's by `remove_temporaries` at the end, as the in-process
