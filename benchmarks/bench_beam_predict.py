@@ -87,6 +87,7 @@ def _side(args, root: str, side: str, out: str) -> None:
     summary = beam.predict(f"{root}/teacher", source, cfg, filter_cfg=filter_cfg, **common)
     predict_seconds, records = None, summary.records_written
     print("STAGES " + " -> ".join(summary.stages))
+    print("DISTRIBUTIONS " + json.dumps(summary.distributions))
   seconds = time.time() - start
   print("RESULT " + json.dumps({"side": side, "seconds": seconds,
                                 "predict_seconds": predict_seconds, "records": records}))
@@ -116,6 +117,8 @@ def _spawn(args, root: str, side: str, out: str, size: int) -> dict:
   lines = proc.stdout.splitlines()
   result = json.loads(next(l for l in lines if l.startswith("RESULT "))[7:])
   result["stages"] = next((l[7:] for l in lines if l.startswith("STAGES ")), None)
+  result["distributions"] = json.loads(next(
+      (l[14:] for l in lines if l.startswith("DISTRIBUTIONS ")), "{}"))
   # CPU of the whole side (its worker processes too, imports included): less disturbed
   # by other programs' load than wall time.
   result["cpu_seconds"] = (after.ru_utime + after.ru_stime) - (before.ru_utime +
@@ -139,12 +142,26 @@ def _run_all(args, root: str, sizes):
         print(f"{n} images, repeat {r}, {side}: {result['seconds']:.1f} s, "
               f"{result['records'] / result['seconds']:.1f} images/s, "
               f"{1000 * result['cpu_seconds'] / result['records']:.0f} CPU ms per image "
-              "(the side's processes, imports included)", flush=True)
+              "(the side's processes, imports included)" + _where(result), flush=True)
   return runs
 
 
+def _where(result) -> str:
+  """Where the Beam job's time went: RunInference's own timings, summed over workers."""
+  dist = result.get("distributions") or {}
+  batches = next((v for k, v in dist.items() if k.endswith("inference_batch_latency_micro_secs")),
+                 None)
+  loads = next((v for k, v in dist.items() if k.endswith("load_model_latency_milli_secs")),
+               None)
+  if not batches:
+    return ""
+  return (f"; in it: {batches['count']} batches, {batches['sum'] / 1e6:.1f} s in the "
+          f"model's batches, {(loads or {}).get('sum', 0) / 1e3:.1f} s loading "
+          f"{(loads or {}).get('count', 0)} models (summed over worker processes)")
+
+
 def _report(runs, sizes) -> None:
-  seconds = {}
+  seconds, cpu_seconds = {}, {}
   for n in sizes:
     a = _median([r["seconds"] for r in runs[(n, "in_process")]])
     a_predict = _median([r["predict_seconds"] for r in runs[(n, "in_process")]])
@@ -156,6 +173,7 @@ def _report(runs, sizes) -> None:
           f"in-process predict alone {a_predict / b:.2f}")
     cpu = {side: _median([1000 * r["cpu_seconds"] / n for r in runs[(n, side)]])
            for side in ("in_process", "beam")}
+    cpu_seconds[n] = (cpu["in_process"] * n / 1000, cpu["beam"] * n / 1000)
     print(f"{n} images, median CPU ms per image: in-process {cpu['in_process']:.0f}, "
           f"Beam {cpu['beam']:.0f}")
   if len(sizes) >= 2:
@@ -166,6 +184,12 @@ def _report(runs, sizes) -> None:
           f"Beam {extra / (b1 - b0):.1f}; ratio Beam / in-process {(a1 - a0) / (b1 - b0):.2f}")
     print(f"fixed start-up (intercept): in-process {a0 - small * (a1 - a0) / extra:.1f} s, "
           f"Beam {b0 - small * (b1 - b0) / extra:.1f} s")
+    # CPU time is less disturbed by other programs than wall time: the steadier figure.
+    (c0, d0), (c1, d1) = cpu_seconds[small], cpu_seconds[large]
+    print(f"marginal CPU ms per image: in-process {1000 * (c1 - c0) / extra:.1f}, Beam "
+          f"{1000 * (d1 - d0) / extra:.1f}; ratio in-process / Beam {(c1 - c0) / (d1 - d0):.2f}"
+          f"; fixed CPU s: in-process {c0 - small * (c1 - c0) / extra:.1f}, Beam "
+          f"{d0 - small * (d1 - d0) / extra:.1f}")
 
 
 def main() -> None:

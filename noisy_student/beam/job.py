@@ -45,6 +45,8 @@ class BeamSummary:
   plan_path: str
   totals: Dict[str, int]  # The balance report's totals.
   counters: Dict[str, int]  # Beam counters of namespace inputs.NAMESPACE (committed).
+  # Its distributions (RunInference's batch latency, model load time): name -> sum, count.
+  distributions: Dict[str, Dict[str, int]]
   stages: List[str]  # The job's top-level transforms, in graph order.
   seconds: float
   images_per_sec: float
@@ -170,13 +172,23 @@ def stages(p: beam.Pipeline) -> List[str]:
   return visitor.labels
 
 
-def _counters(result: Any) -> Dict[str, int]:
-  out = {}
+def _metrics(result: Any) -> Tuple[Dict[str, int], Dict[str, Dict[str, int]]]:
+  """(counters, distributions' sum and count) of namespace inputs.NAMESPACE, committed
+  values where the runner has them."""
+  counters, distributions = {}, {}
   query = result.metrics().query(MetricsFilter().with_namespace(inputs_lib.NAMESPACE))
   for counter in query["counters"]:
     value = counter.committed if counter.committed is not None else counter.attempted
-    out[counter.key.metric.name] = out.get(counter.key.metric.name, 0) + int(value or 0)
-  return out
+    counters[counter.key.metric.name] = (counters.get(counter.key.metric.name, 0)
+                                         + int(value or 0))
+  for dist in query["distributions"]:
+    value = dist.committed if dist.committed is not None else dist.attempted
+    if value is None:
+      continue
+    acc = distributions.setdefault(dist.key.metric.name, {"sum": 0, "count": 0})
+    acc["sum"] += int(value.sum)
+    acc["count"] += int(value.count)
+  return counters, distributions
 
 
 def predict(teacher_path: str, source: Source, predict_cfg: PredictConfig, *,
@@ -245,7 +257,7 @@ def _fault_of(error: Exception) -> Optional[faults.Fault]:
 def _summary(job: _Job, cfg: PredictConfig, result: Any, graph: List[str],
              seconds: float) -> BeamSummary:
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  counters = _counters(result)
+  counters, distributions = _metrics(result)
   logging.info("Beam counters: %s", ", ".join(f"{k}={v}" for k, v in sorted(counters.items())))
   keys = [(w, k) for w in range(cfg.num_workers) for k in range(cfg.num_shards)]
   paths = [f"{job.out}/{fmt.shard_name(job.prefix, k, cfg.num_shards, w, cfg.num_workers)}"
@@ -262,5 +274,6 @@ def _summary(job: _Job, cfg: PredictConfig, result: Any, graph: List[str],
       shards_reused=len(job.reused), records_written=records,
       corrupt_skipped=sum(m["skipped_count"] for m in fresh),
       plan_path=f"{job.out}/{plan_lib.PLAN_NAME}", totals=totals, counters=counters,
+      distributions=distributions,
       stages=graph, seconds=seconds, images_per_sec=records / max(seconds, 1e-9))
 
