@@ -232,7 +232,8 @@ def reader_count(ds):
 
 def test_tfrecords_exact_top_k_and_resume(teacher, record_source, tmp_path):
   """TFRecords (positions from the files' counts) on the in-memory DirectRunner, with the
-  exact per-class top-K; then a lost shard is rewritten alone. Two workers' parts: the
+  exact per-class top-K; then a Beam job finishes the in-process directory after a shard
+  was lost and one damaged, rewriting those alone. Two workers' parts: the
   second holds only the empty file, so its shards are written empty (as in-process).
   Other worker counts: tests/test_record_order.py checks the positions against tf.data."""
   num_workers = 2
@@ -244,21 +245,24 @@ def test_tfrecords_exact_top_k_and_resume(teacher, record_source, tmp_path):
   assert_same_output(str(tmp_path / "in_process"), str(out))
   assert summary.shards_written == 2 * num_workers and summary.records_written == 23
   assert _json(summary.plan_path)["mode"] == "exact"
+  # The in-process workers' directory, one shard lost and one damaged, finished by a
+  # Beam job: only those two are labelled again.
+  mixed = tmp_path / "in_process"
   lost, damaged = (fmt.shard_name("train", k, 2, 0, num_workers) for k in (1, 0))
-  os.remove(out / lost)
-  (out / f"{lost}.tmp-0123").write_bytes(b"half a shard")  # A killed writer's.
-  _flip_a_bit(out / damaged)  # Found by its CRC32C, as the in-process predict finds it.
-  again = _beam(teacher, record_source, out, filter_cfg, num_workers, 2, seed=7)
+  os.remove(mixed / lost)
+  (mixed / f"{lost}.tmp-0123").write_bytes(b"half a shard")  # A killed writer's.
+  _flip_a_bit(mixed / damaged)  # Found by its CRC32C, as the in-process predict finds it.
+  again = _beam(teacher, record_source, mixed, filter_cfg, num_workers, 2, seed=7)
   assert (again.shards_written, again.shards_reused) == (2, 2 * num_workers - 2)
   assert again.counters["images_labelled"] == sum(
-      _json(out / fmt.manifest_name(s))["record_count"] for s in (lost, damaged)) == 23
-  assert integrity.problems(str(out)) == []
-  assert_same_output(str(tmp_path / "in_process"), str(out))
+      _json(mixed / fmt.manifest_name(s))["record_count"] for s in (lost, damaged)) == 23
+  assert integrity.problems(str(mixed)) == []
+  assert_same_output(str(out), str(mixed))
   os.remove(out / plan_lib.PLAN_NAME)  # Every shard complete: only the filter step runs.
   done = _beam(teacher, record_source, out, filter_cfg, num_workers, 2, seed=7)
   assert (done.shards_written, done.records_written) == (0, 0)
   assert "Label" not in done.stages
-  assert_same_output(str(tmp_path / "in_process"), str(out))
+  assert_same_output(str(mixed), str(out))
 
 
 def test_a_teacher_with_non_finite_outputs_stops_the_job_in_one_line(image_source,
