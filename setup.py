@@ -5,6 +5,8 @@ Install for development:  pip install -e ".[test]"
 """
 import setuptools
 
+BEAM = ["apache-beam[gcp]>=2.77,<2.78"]
+
 setuptools.setup(
     name="noisy-student",
     version="0.1.0",
@@ -38,7 +40,11 @@ setuptools.setup(
         "google-crc32c>=1.5",
     ],
     extras_require={
-        "test": ["pytest>=8", "pillow>=10"],
+        # Predict and filter as one Apache Beam job (--runner; noisy_student/beam). Tested
+        # with 2.77, beside TensorFlow 2.21; it brings protobuf 6.x (the core install
+        # gets 7.x), which TensorFlow 2.21 accepts.
+        "beam": BEAM,
+        "test": ["pytest>=8", "pillow>=10"] + BEAM,
     },
     entry_points={
         "console_scripts": [

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from absl import logging
 import numpy as np
@@ -125,25 +125,56 @@ def _read_small_fields(paths: Sequence[str], seed: int) -> Dict[str, np.ndarray]
   return {k: np.concatenate(v) if v else np.zeros([0]) for k, v in parts.items()}
 
 
+def exact_entry(x: np.ndarray, h: np.ndarray, available: int,
+                cfg: FilterConfig) -> Dict[str, Any]:
+  """One class's exact top-K entry (threshold, tie_hash, copies, count) from the
+  confidences `x` (float32) and id hashes `h` of its records above min_threshold (all
+  of them, or at least its num_image largest (x, h) pairs), `available` in all."""
+  entry = {"threshold": float(np.float32(cfg.min_threshold)), "tie_hash": 0,
+           "copies": 1.0, "available": float(available)}
+  if cfg.num_image > 0 and available > cfg.num_image:
+    order = np.lexsort((-h, -x))  # Descending confidence, then descending hash.
+    kth = order[cfg.num_image - 1]
+    entry.update(threshold=float(x[kth]), tie_hash=int(h[kth]))
+  elif cfg.num_image > 0 and cfg.upsample and available:
+    entry["copies"] = cfg.num_image / available
+  return entry
+
+
 def exact_plan(paths: Sequence[str], num_classes: int, cfg: FilterConfig,
                seed: int = 0) -> List[Dict[str, Any]]:
-  """Per-class exact top-K entries (threshold, tie_hash, copies, count); `seed` breaks
-  ties between equal confidences."""
+  """Per-class exact top-K entries (`exact_entry`); `seed` breaks ties between equal
+  confidences."""
   f = _read_small_fields(paths, seed)
   entries = []
   for c in range(num_classes):
     mask = (f["c"] == c) & (f["x"] >= np.float32(cfg.min_threshold))
-    x, h = f["x"][mask], f["h"][mask]
-    entry = {"threshold": float(np.float32(cfg.min_threshold)), "tie_hash": 0,
-             "copies": 1.0, "available": float(len(x))}
-    if cfg.num_image > 0 and len(x) > cfg.num_image:
-      order = np.lexsort((-h, -x))  # Descending confidence, then descending hash.
-      kth = order[cfg.num_image - 1]
-      entry.update(threshold=float(x[kth]), tie_hash=int(h[kth]))
-    elif cfg.num_image > 0 and cfg.upsample and len(x):
-      entry["copies"] = cfg.num_image / len(x)
-    entries.append(entry)
+    entries.append(exact_entry(f["x"][mask], f["h"][mask], int(mask.sum()), cfg))
   return entries
+
+
+def make_plan(mode: str, entries: Sequence[Dict[str, Any]], cfg: FilterConfig, seed: int,
+              num_bins: int, fingerprint_digest: str, *, asked: FilterConfig,
+              pool_mean: Optional[float]) -> Dict[str, Any]:
+  """The balance plan (tfrecords/plan.py reads it) of per-class `entries`; `cfg` is the
+  resolved filter (`resolve`), `asked` the one given, `pool_mean` the pool's mean
+  confidence (kept with the plan: what the adaptive settings were resolved from)."""
+  return {"version": plan_lib.PLAN_VERSION, "mode": mode, "seed": seed,
+          "min_threshold": cfg.min_threshold, "num_image": cfg.num_image,
+          "num_bins": int(num_bins), "classes": list(entries),
+          "fingerprint_digest": fingerprint_digest,
+          "asked": {"min_threshold": asked.min_threshold, "num_image": asked.num_image,
+                    "adaptive_threshold": asked.adaptive_threshold},
+          "pool_mean_confidence": None if pool_mean is None else round(float(pool_mean), 6)}
+
+
+def resolved_plan(hist: np.ndarray, cfg: FilterConfig, seed: int, num_bins: int,
+                  fingerprint_digest: str) -> Dict[str, Any]:
+  """The histogram-mode plan of merged histograms `hist`, the adaptive settings resolved
+  from them (what `balance` does, for callers holding only the histograms: Beam)."""
+  resolved = resolve(hist, cfg)
+  return make_plan("histogram", histogram_plan(hist, resolved), resolved, seed, num_bins,
+                   fingerprint_digest, asked=cfg, pool_mean=mean_confidence(hist))
 
 
 def _class_names(pseudo_dir: str, num_classes: int,
@@ -182,10 +213,10 @@ def write_plot(path: str, names: Sequence[str], before: np.ndarray, after: np.nd
   plots.save_figure(fig, path)
 
 
-def _report(cfg: FilterConfig, seed: int, mode: str, names: Sequence[str],
-            before: np.ndarray, entries: Sequence[Dict[str, Any]],
-            counted: Dict[str, np.ndarray], corrupt: int,
-            asked: FilterConfig, pool_mean: float) -> Dict[str, Any]:
+def _report(cfg: FilterConfig, plan: Dict[str, Any], names: Sequence[str],
+            before: np.ndarray, counted: Dict[str, np.ndarray], corrupt: int
+            ) -> Dict[str, Any]:
+  entries = plan["classes"]
   per_class = []
   for c, name in enumerate(names):
     kept, after = int(counted["kept"][c]), int(counted["copies"][c])
@@ -197,11 +228,10 @@ def _report(cfg: FilterConfig, seed: int, mode: str, names: Sequence[str],
         "after": after, "duplicates": after - kept, "dropped": int(before[c]) - kept})
   totals = {k: int(sum(p[k] for p in per_class))
             for k in ("before", "kept_unique", "after", "duplicates", "dropped")}
-  return {"mode": mode, "min_threshold": cfg.min_threshold, "num_image": cfg.num_image,
-          "upsample": cfg.upsample, "seed": seed, "corrupt_skipped": corrupt,
-          "asked": {"min_threshold": asked.min_threshold, "num_image": asked.num_image,
-                    "adaptive_threshold": asked.adaptive_threshold},
-          "pool_mean_confidence": round(pool_mean, 6),
+  return {"mode": plan["mode"], "min_threshold": cfg.min_threshold,
+          "num_image": cfg.num_image, "upsample": cfg.upsample, "seed": plan["seed"],
+          "corrupt_skipped": corrupt, "asked": plan["asked"],
+          "pool_mean_confidence": plan["pool_mean_confidence"],
           "totals": totals, "per_class": per_class}
 
 
@@ -216,6 +246,22 @@ def _manifests(pseudo_dir: str) -> List[Dict[str, Any]]:
   manifests = fmt.list_manifests(pseudo_dir)
   integrity.check_complete(manifests, pseudo_dir)
   return manifests
+
+
+def write_report(out: str, plan: Dict[str, Any], cfg: FilterConfig, names: Sequence[str],
+                 before: np.ndarray, counted: Dict[str, np.ndarray], corrupt: int
+                 ) -> Tuple[Dict[str, Any], str, str]:
+  """balance_report.json and balance_counts.png in `out` for `plan` (made with the
+  resolved filter `cfg`); `before`: records per class, `counted`:
+  `plan_lib.count_copies`'s per-class sums. Returns (report, report path, plot path)."""
+  report = _report(cfg, plan, names, before, counted, corrupt)
+  report_path, plot_path = f"{out}/balance_report.json", f"{out}/balance_counts.png"
+  fmt.write_json_atomic(report_path, report)
+  write_plot(plot_path, names, before, counted["copies"], cfg.num_image)
+  logging.info("balance (%s): %d records -> %d kept, %d after duplication; plan %s",
+               plan["mode"], report["totals"]["before"], report["totals"]["kept_unique"],
+               report["totals"]["after"], f"{out}/{plan_lib.PLAN_NAME}")
+  return report, report_path, plot_path
 
 
 def balance(pseudo_dir: str, filter_cfg: FilterConfig, *, output_dir: Optional[str] = None,
@@ -252,22 +298,16 @@ def balance(pseudo_dir: str, filter_cfg: FilterConfig, *, output_dir: Optional[s
                                         filter_cfg, seed)
   else:
     mode, entries = "histogram", histogram_plan(hist, filter_cfg)
-  plan = {"version": plan_lib.PLAN_VERSION, "mode": mode, "seed": seed,
-          "min_threshold": filter_cfg.min_threshold, "num_image": filter_cfg.num_image,
-          "num_bins": int(manifests[0]["num_bins"]), "classes": entries,
-          "fingerprint_digest": manifests[0]["fingerprint_digest"]}
+  plan = make_plan(mode, entries, filter_cfg, seed, manifests[0]["num_bins"],
+                   manifests[0]["fingerprint_digest"], asked=asked,
+                   pool_mean=mean_confidence(hist))
   out = (output_dir or pseudo_dir).rstrip("/")
   tf.io.gfile.makedirs(out)
   plan_path = f"{out}/{plan_lib.PLAN_NAME}"
   fmt.write_json_atomic(plan_path, plan)
   counted = plan_lib.count_copies(pseudo_dir, plan, num_classes)
   before = np.sum([m["class_counts"] for m in manifests], axis=0)
-  report = _report(filter_cfg, seed, mode, names, before, entries, counted,
-                   sum(m["skipped_count"] for m in manifests), asked, mean_confidence(hist))
-  report_path, plot_path = f"{out}/balance_report.json", f"{out}/balance_counts.png"
-  fmt.write_json_atomic(report_path, report)
-  write_plot(plot_path, names, before, counted["copies"], filter_cfg.num_image)
-  logging.info("balance (%s): %d records -> %d kept, %d after duplication; plan %s", mode,
-               report["totals"]["before"], report["totals"]["kept_unique"],
-               report["totals"]["after"], plan_path)
+  report, report_path, plot_path = write_report(
+      out, plan, filter_cfg, names, before, counted,
+      sum(m["skipped_count"] for m in manifests))
   return BalanceResult(plan_path, report_path, plot_path, report)

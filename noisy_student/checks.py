@@ -10,6 +10,7 @@ or perturbation names are given.
 from __future__ import annotations
 
 import glob
+import importlib.util
 import json
 import os
 from typing import List, Optional, Tuple
@@ -46,7 +47,7 @@ def problems(cfg: Config) -> List[str]:
       errors += settings.problems(section)
       errors += section.problems() if hasattr(section, "problems") else []
   return (errors + _models(cfg) + _ratios(cfg) + _conflicts(cfg) + _paths(cfg) +
-          _init_model(cfg) + _ablation(cfg) + _robustness(cfg))
+          _init_model(cfg) + _ablation(cfg) + _robustness(cfg) + _beam(cfg))
 
 
 def _models(cfg: Config) -> List[str]:
@@ -256,6 +257,25 @@ def pseudo_label_dir(cfg: Config) -> str:
   """Where --mode=predict writes and --mode=filter reads: --output_dir, else
   <model_dir>/pseudo."""
   return cfg.predict.output_dir or f"{cfg.train.model_dir.rstrip('/')}/pseudo"
+
+
+def _beam(cfg: Config) -> List[str]:
+  """--runner: a mode with a predict phase, and Apache Beam installed."""
+  runner = cfg.predict.runner
+  if not runner:
+    return []
+  if cfg.mode not in ("predict",) + config_lib.LOOP_MODES:
+    return [f"--runner={runner} runs predict on Beam; --mode={cfg.mode} has no predict "
+            "phase (use --mode=predict or --mode=pipeline)"]
+  f = cfg.filter
+  if f.exact_topk and (f.adaptive_threshold != "none" or f.num_image < 0):
+    return [f"--runner={runner} with --exact_topk takes a fixed --min_threshold and "
+            "--num_image >= 0 (not --adaptive_threshold / --num_image=-1); drop "
+            "--exact_topk (the histogram plan resolves them)"]
+  if importlib.util.find_spec("apache_beam") is None:
+    return [f"--runner={runner} needs Apache Beam: pip install \"noisy-student[beam]\" "
+            "(or pip install -e \".[beam]\" in a checkout)"]
+  return []
 
 
 def _ablation(cfg: Config) -> List[str]:

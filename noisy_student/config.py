@@ -14,6 +14,7 @@ import dataclasses
 import json
 import os
 import re
+import shlex
 from typing import List, Optional, Tuple
 
 from noisy_student import atomic
@@ -31,6 +32,11 @@ RANDAUG_VARIANTS = ("original", "scaled")  # noisy_student/data/augment_table.py
 # (noisy_student/iterations.py).
 ITERATION_RULES = ("all", "auto")
 ADAPTIVE_THRESHOLDS = ("none", "mean")  # FilterConfig.adaptive_threshold (balance.py).
+# Apache Beam's runners by name (apache_beam.options.pipeline_options.StandardOptions,
+# Beam 2.77); PredictConfig.runner also takes a dotted PipelineRunner class path.
+BEAM_RUNNERS = ("DirectRunner", "PrismRunner", "DataflowRunner", "FlinkRunner",
+                "SparkRunner", "PortableRunner", "FnApiRunner", "BundleBasedDirectRunner",
+                "SwitchingDirectRunner", "TestDirectRunner", "TestDataflowRunner")
 # The students' unlabeled:labeled batch ratio when --unlabel_ratio is unset in the loop
 # modes: the embedded digits demo's value (the paper: 1 to 28, larger models take more;
 # the SVHN example: 5).
@@ -44,6 +50,12 @@ MIN_IMAGE_SIZE = 32
 def _image_size(size: int):
   return (None if size >= MIN_IMAGE_SIZE else f"EfficientNet takes images of at least "
           f"{MIN_IMAGE_SIZE} pixels (its total stride is 32)")
+
+
+def _runner(name: str):
+  if not name or name in BEAM_RUNNERS or "." in name:
+    return None
+  return f"unknown Beam runner; known: {', '.join(BEAM_RUNNERS)} (or a dotted class path)"
 
 
 def _temperature(t: float):
@@ -294,12 +306,38 @@ class PredictConfig:
                               aliases=("worker_id",), check=at_least(0))
   num_workers: int = setting(1, "Workers splitting the unlabeled data (any count).",
                              aliases=("total_replicas",), check=at_least(1))
+  runner: str = setting(
+      "", "Apache Beam runner of predict (and of the pipeline's predict phases): "
+      "DirectRunner, PrismRunner, DataflowRunner, FlinkRunner, SparkRunner, ...; one Beam "
+      "job labels every worker's part into the same shards, manifests and balance plan "
+      "as --num_workers in-process workers and the filter step would (needs "
+      "pip install \".[beam]\"; docs/usage.md). Empty: in-process.", check=_runner)
+  beam_options: str = setting(
+      "", "With --runner: Beam pipeline options, e.g. \"--project=P --region=R "
+      "--temp_location=gs://B/tmp\" (shell-quoted); on the command line, arguments after "
+      "a bare -- are appended.")
+
+  def beam_args(self) -> List[str]:
+    """The Beam pipeline options: --runner, then --beam_options split as a shell would."""
+    return [f"--runner={self.runner}"] + shlex.split(self.beam_options)
 
   def problems(self) -> List[str]:
-    if 0 <= self.worker_index < self.num_workers:
-      return []
-    return [f"--worker_index={self.worker_index}: must be in [0, --num_workers="
-            f"{self.num_workers})"]
+    errors = []
+    if not 0 <= self.worker_index < self.num_workers:
+      errors.append(f"--worker_index={self.worker_index}: must be in [0, --num_workers="
+                    f"{self.num_workers})")
+    if self.beam_options and not self.runner:
+      errors.append("--beam_options needs --runner (empty --runner predicts in-process)")
+    if self.runner and self.worker_index:
+      errors.append(f"--worker_index={self.worker_index} with --runner={self.runner}: one "
+                    "Beam job labels every worker's part; drop --worker_index")
+    try:
+      given = shlex.split(self.beam_options)
+    except ValueError as e:
+      return errors + [f"--beam_options={self.beam_options}: {e}"]
+    if any(a == "--runner" or a.startswith("--runner=") for a in given):
+      errors.append("--beam_options holds --runner; give the runner with --runner")
+    return errors
 
 
 @dataclasses.dataclass(frozen=True)

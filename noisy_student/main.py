@@ -3,11 +3,14 @@
   noisy-student                                   # the embedded digits demo, end to end
   noisy-student --flagfile=flags/presets/smoke.flags
   noisy-student --mode=export --model_dir=runs/default
+  noisy-student --mode=predict --runner=DataflowRunner -- --project=P --region=R ...
 
 This module only wires: it defines the flags (flags/), turns them into one frozen
 `noisy_student.config.Config`, checks it (every problem on one line, before TensorFlow
 loads), writes it into --model_dir, and hands it to `noisy_student.modes.run`.
 """
+import dataclasses
+import shlex
 import sys
 from typing import Sequence
 
@@ -36,11 +39,21 @@ def _one_line(e: BaseException) -> str:
   return str(e).splitlines()[0] if str(e) else type(e).__name__
 
 
+def _with_beam_args(config, args: Sequence[str]):
+  """Arguments after a bare `--` are the Beam runner's own: appended to --beam_options."""
+  if not args:
+    return config
+  if "--" not in sys.argv or list(sys.argv[sys.argv.index("--") + 1:]) != list(args):
+    _fail([f"unexpected arguments {' '.join(args)!r} (flags look like --name=value; "
+           "Beam pipeline options go after a bare --)"])
+  joined = " ".join(filter(None, [config.predict.beam_options, shlex.join(args)]))
+  return dataclasses.replace(config, predict=dataclasses.replace(config.predict,
+                                                                 beam_options=joined))
+
+
 def main(argv: Sequence[str]) -> None:
-  if len(argv) > 1:
-    _fail([f"unexpected arguments {' '.join(argv[1:])!r} (flags look like --name=value)"])
   try:
-    config = ns_flags.to_config(FLAGS)
+    config = _with_beam_args(ns_flags.to_config(FLAGS), argv[1:])
   except checks.ConfigError as e:
     _fail([str(e)])
   try:

@@ -236,17 +236,29 @@ def _baseline_model_report(ctx: Context, path: str) -> Dict[str, Any]:
 def predict_pseudo_labels(ctx: Context, teacher: TrainedModel, output_dir: str,
                           predict_cfg: Optional[config_lib.PredictConfig] = None
                           ) -> PseudoLabels:
-  """The un-noised teacher labels --unlabel_data_dir into shards in `output_dir`."""
+  """The un-noised teacher labels --unlabel_data_dir into shards in `output_dir`:
+  in-process, or as one Beam job on --runner (which writes the balance plan too)."""
   pcfg = dataclasses.replace(predict_cfg or ctx.cfg.predict, output_dir=output_dir)
   names = class_names_of(teacher)
+  # Relative to the shards, so a moved model_dir resumes its own (phases.py); the same
+  # on Beam, so either can finish the other's directory.
+  teacher_id = phases.relative_path(teacher.path, output_dir)
+  if pcfg.runner:
+    from noisy_student import beam  # pylint: disable=g-import-not-at-top (optional extra)
+    summary = beam.predict(
+        teacher.path, ctx.source("unlabel"), pcfg, filter_cfg=ctx.cfg.filter,
+        image_size=teacher.image_size, batch_size=ctx.cfg.eval.eval_batch_size,
+        class_names=names, teacher_id=teacher_id, teacher_aliases=(teacher.path,),
+        seed=ctx.cfg.data.seed, small_image=teacher.small_image,
+        distribute_cfg=ctx.cfg.distribute)
+    return PseudoLabels(output_dir=output_dir, records_written=summary.records_written,
+                        corrupt_skipped=summary.corrupt_skipped)
   summary = predict_lib.predict(
       ctx.load(teacher), ctx.source("unlabel"), pcfg, image_size=teacher.image_size,
       batch_size=ctx.cfg.eval.eval_batch_size,
       class_names=names, num_label_classes=len(names), strategy=ctx.strategy,
-      # Relative to the shards, so a moved model_dir resumes its own (phases.py).
-      teacher_id=phases.relative_path(teacher.path, output_dir),
-      teacher_aliases=(teacher.path,), small_image=teacher.small_image,
-      jit_compile=ctx.jit_compile)
+      teacher_id=teacher_id, teacher_aliases=(teacher.path,),
+      small_image=teacher.small_image, jit_compile=ctx.jit_compile)
   return PseudoLabels(output_dir=output_dir, records_written=summary.records_written,
                       corrupt_skipped=summary.corrupt_skipped)
 

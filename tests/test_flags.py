@@ -144,11 +144,31 @@ def test_jit_compile_flag_reaches_the_config_and_is_checked():
     (["--label_data_dir=digits:labeled", "--unlabel_ratio=0"],
      "the students of --mode=pipeline need a ratio > 0"),
     (["--mode=eval", "--model_dir=/no/such/run"], "--model_dir=/no/such/run: no such file"),
+    (["--runner=Spark"], "--runner=Spark: unknown Beam runner; known: DirectRunner,"),
+    (["--beam_options=--project=p"], "--beam_options needs --runner"),
+    (["--runner=DirectRunner", "--beam_options=--runner=FlinkRunner"],
+     "--beam_options holds --runner; give the runner with --runner"),
+    (["--runner=DirectRunner", "--beam_options=--job_name='a"],
+     "--beam_options=--job_name='a: No closing quotation"),
+    (["--mode=predict", "--runner=DirectRunner", "--worker_index=1", "--num_workers=2"],
+     "--worker_index=1 with --runner=DirectRunner: one Beam job labels every worker's"),
+    (["--mode=filter", "--runner=DirectRunner"],
+     "--runner=DirectRunner runs predict on Beam; --mode=filter has no predict phase"),
 ])
 def test_bad_flags_fail_with_one_line_naming_the_flag(argv, expected):
   errors = checks.problems(_config(*argv))
   assert any(expected in e for e in errors), errors
   assert all("\n" not in e for e in errors)
+
+
+def test_runner_and_beam_options_reach_the_config(tmp_path):
+  cfg = _config("--mode=predict", "--runner=DataflowRunner", f"--model_dir={tmp_path}",
+                "--beam_options=--project=p --job_name='a b'")
+  assert cfg.predict.beam_args() == ["--runner=DataflowRunner", "--project=p",
+                                     "--job_name=a b"]
+  assert checks.problems(cfg) == []
+  assert _config("--runner=apache_beam.runners.DirectRunner").predict.problems() == []
+  assert not _config().predict.runner  # Empty: the in-process predict.
 
 
 def test_randaug_variant_is_checked():

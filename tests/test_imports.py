@@ -2,6 +2,8 @@
 imports inside functions, and nothing imports the dispatch back (docs/DESIGN.md)."""
 import ast
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -93,3 +95,34 @@ def test_the_detector_finds_a_cycle():
 def test_nothing_below_imports_the_dispatch(top):
   importers = sorted(m for m, deps in _graph().items() if top in deps)
   assert set(importers) <= {"noisy_student.main", "noisy_student.__main__"}, importers
+
+
+def _imports_apache_beam(path):
+  with open(path, encoding="utf-8") as f:
+    tree = ast.parse(f.read())
+  for node in ast.walk(tree):
+    names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+             [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+    if any(n == "apache_beam" or n.startswith("apache_beam.") for n in names):
+      return True
+  return False
+
+
+def test_only_the_beam_package_imports_apache_beam():
+  """Beam is an optional extra: nothing outside noisy_student/beam names it, and the beam
+  package calls the libraries below the phase loop, never the loop or the dispatch."""
+  modules = _modules()
+  outside = sorted(m for m, p in modules.items()
+                   if not m.startswith("noisy_student.beam") and _imports_apache_beam(p))
+  assert outside == []
+  above = {"noisy_student.pipeline", "noisy_student.modes", "noisy_student.context",
+           "noisy_student.ablations", "noisy_student.main"}
+  for m, deps in _graph().items():
+    if m.startswith("noisy_student.beam"):
+      assert not deps & above, (m, deps & above)
+
+
+def test_the_command_line_loads_without_apache_beam():
+  code = ("import sys; import noisy_student.main, noisy_student.modes, "
+          "noisy_student.pipeline; assert 'apache_beam' not in sys.modules")
+  subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO, timeout=300)

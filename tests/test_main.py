@@ -31,6 +31,23 @@ def test_bad_flags_stop_before_any_work(tmp_path):
   assert not model_dir.exists()  # Nothing was written: no work started.
 
 
+def test_beam_options_after_a_bare_double_dash(tmp_path):
+  """The runner's own flags after `--` join --beam_options (in the written config); a
+  stray argument without `--` is refused."""
+  model_dir = tmp_path / "run"
+  model_dir.mkdir()
+  proc = _run("--mode=predict", f"--model_dir={model_dir}", "--runner=DirectRunner",
+              "--beam_options=--direct_num_workers=2", "--",
+              "--direct_running_mode=multi_processing", "--job_name=a b")
+  assert proc.returncode == 2  # No teacher in model_dir: stopped in one line.
+  with open(model_dir / "config-predict.json") as f:
+    predict = json.load(f)["predict"]
+  assert predict["beam_options"] == ("--direct_num_workers=2 "
+                                     "--direct_running_mode=multi_processing '--job_name=a b'")
+  stray = _run("--mode=predict", f"--model_dir={model_dir}", "stray")
+  assert stray.returncode == 2 and "unexpected arguments 'stray'" in stray.stderr
+
+
 def test_console_script_is_installed():
   script = shutil.which("noisy-student") or os.path.join(
       os.path.dirname(sys.executable), "noisy-student")

@@ -55,7 +55,15 @@ def load_plan(plan: Union[str, Mapping[str, Any]]) -> Dict[str, Any]:
 
 def make_copies_fn(plan: Mapping[str, Any]):
   """Returns f(classes, confidence, ids) -> int64 copies (works on scalars or batches)."""
-  seed, num_bins = int(plan["seed"]), int(plan["num_bins"])
+  from_hash, seed = make_copies_from_hash_fn(plan), int(plan["seed"])
+  return lambda classes, confidence, ids: from_hash(classes, confidence,
+                                                    id_hash(ids, seed))
+
+
+def make_copies_from_hash_fn(plan: Mapping[str, Any]):
+  """Returns f(classes, confidence, id hashes) -> int64 copies, the hashes being
+  `id_hash(ids, plan["seed"])` (for callers that keep 8 bytes per record, not its id)."""
+  num_bins = int(plan["num_bins"])
   min_threshold = float(plan["min_threshold"])
   per_class = plan["classes"]
   copies_t = tf.constant([c["copies"] for c in per_class], tf.float64)
@@ -67,8 +75,7 @@ def make_copies_fn(plan: Mapping[str, Any]):
     lo_t = tf.constant([c["lo_bin"] for c in per_class], tf.int64)
     keep_t = tf.constant([c["keep"] for c in per_class], tf.float64)
 
-  def copies_fn(classes, confidence, ids):
-    h = id_hash(ids, seed)
+  def copies_fn(classes, confidence, h):
     u = tf.cast(h, tf.float64) / float(_HASH_BUCKETS)
     if exact:
       t = tf.gather(thr_t, classes)

@@ -8,7 +8,7 @@ importing each other.
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, Callable, Dict, List, Optional
+from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Tuple
 
 if TYPE_CHECKING:  # Only for annotations: the spec grammar below is read before TF loads.
   import tensorflow as tf
@@ -26,6 +26,20 @@ def path_of(spec: str) -> Optional[str]:
   return spec[len(prefix):]
 
 
+@dataclasses.dataclass(frozen=True)
+class Files:
+  """The files behind a file-backed source, for readers that split the work themselves
+  (noisy_student/beam): `kind` "images" (one record per file, `labels[i]` the label of
+  `paths[i]`, -1 unknown) or "tfrecords" (tf.train.Example files, labels parsed with
+  `label_offset`, or all -1 unless `keep_label`). `paths` are in the source's order, the
+  strings its record ids are made of."""
+  kind: str
+  paths: Tuple[str, ...]
+  labels: Tuple[int, ...] = ()
+  label_offset: int = 0
+  keep_label: bool = True
+
+
 @dataclasses.dataclass
 class Source:
   """A named stream of raw records; see the module docstring for the record keys.
@@ -37,6 +51,7 @@ class Source:
     size: number of records, or None when unknown without a full read.
     true_labels: for `digits:unlabeled` only, {id: true label} of the hidden labels, so
       pseudo-label accuracy can be measured (the records themselves carry label -1).
+    files: the image or TFRecord files it reads (None for in-memory and tfds sources).
   """
   spec: str
   labeled: bool
@@ -45,6 +60,7 @@ class Source:
   _dataset_fn: DatasetFn = dataclasses.field(repr=False)
   true_labels: Optional[Dict[str, int]] = dataclasses.field(default=None, repr=False)
   class_counts: Optional[Dict[int, int]] = dataclasses.field(default=None, repr=False)
+  files: Optional[Files] = dataclasses.field(default=None, repr=False)
 
   @property
   def num_classes(self) -> Optional[int]:

@@ -28,7 +28,8 @@ import numpy as np
 import tensorflow as tf
 
 from noisy_student.data import tfds_source
-from noisy_student.data.source import DatasetFn, Source
+from noisy_student.data.record_order import INTERLEAVE_CYCLE
+from noisy_student.data.source import DatasetFn, Files, Source
 from tfrecords import splits
 
 IMAGE_EXTENSIONS = splits.IMAGE_EXTENSIONS
@@ -144,7 +145,7 @@ def _open_image_folder(spec: str, path: str) -> Source:
     labels += [label] * len(files)
   counts = dict(collections.Counter(labels))
   return Source(spec, True, class_names, len(paths), _files_dataset(paths, labels),
-                class_counts=counts)
+                class_counts=counts, files=Files("images", tuple(paths), tuple(labels)))
 
 
 def _open_image_tree(spec: str, path: str) -> Source:
@@ -155,7 +156,9 @@ def _open_image_tree(spec: str, path: str) -> Source:
   if not paths:
     raise ValueError(f"Image directory {path} holds no image files "
                      f"({', '.join(IMAGE_EXTENSIONS)}) at any depth.")
-  return Source(spec, False, None, len(paths), _files_dataset(paths, [-1] * len(paths)))
+  labels = [-1] * len(paths)
+  return Source(spec, False, None, len(paths), _files_dataset(paths, labels),
+                files=Files("images", tuple(paths), tuple(labels)))
 
 
 def _record_files(pattern: str, split: str) -> List[str]:
@@ -183,23 +186,28 @@ def _parse_example(serialized: tf.Tensor, label_offset: int, keep_label: bool):
   return features["image/encoded"], label
 
 
-def _tfrecords_dataset(files: List[str], label_offset: int, keep_label: bool) -> DatasetFn:
-  """Records of tf.Examples; ids are `<file>:<index in file>`."""
-  def one_file(path: tf.Tensor) -> tf.data.Dataset:
-    ds = tf.data.TFRecordDataset(path).enumerate()
-    def to_record(index, serialized):
-      image, label = _parse_example(serialized, label_offset, keep_label)
-      return {"image/encoded": image, "id": path + ":" + tf.strings.as_string(index),
-              "label": label}
-    return ds.map(to_record)
+def read_tfrecord_file(path: tf.Tensor, label_offset: int, keep_label: bool
+                       ) -> tf.data.Dataset:
+  """Records of one file of tf.Examples, in order; ids are `<file>:<index in file>`."""
+  ds = tf.data.TFRecordDataset(path).enumerate()
+  def to_record(index, serialized):
+    image, label = _parse_example(serialized, label_offset, keep_label)
+    return {"image/encoded": image, "id": path + ":" + tf.strings.as_string(index),
+            "label": label}
+  return ds.map(to_record)
 
+
+def _tfrecords_dataset(files: List[str], label_offset: int, keep_label: bool) -> DatasetFn:
+  """Records of tf.Examples; each worker's order is the one `record_order.RecordOrder`
+  computes from the files' record counts (readers that split the work rely on it)."""
   def make(num_workers: int, worker_index: int) -> tf.data.Dataset:
     # Whole files per worker when there are enough (each reads only its own bytes);
     # otherwise every worker reads the stream and keeps every n-th record.
     by_file = len(files) >= num_workers
     mine = files[worker_index::num_workers] if by_file else files
     ds = tf.data.Dataset.from_tensor_slices(mine).interleave(
-        one_file, cycle_length=min(8, len(mine)), block_length=1,
+        lambda path: read_tfrecord_file(path, label_offset, keep_label),
+        cycle_length=min(INTERLEAVE_CYCLE, len(mine)), block_length=1,
         num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return ds if by_file else ds.shard(num_workers, worker_index)
   return make
@@ -233,7 +241,9 @@ def _open_tfrecords(spec: str, pattern: str, label_offset: int,
   else:
     logging.info("%s: %d files, %.1f GB; not counting records or classes.", spec,
                  len(files), total_bytes / 1e9)
-  return Source(spec, has_label, None, size, make, class_counts=counts)
+  return Source(spec, has_label, None, size, make, class_counts=counts,
+                files=Files("tfrecords", tuple(files), label_offset=label_offset,
+                            keep_label=has_label))
 
 
 @functools.lru_cache(maxsize=1)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from typing import Any, Dict, List, Optional, Sequence, Set
+from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 
 from absl import logging
 import numpy as np
@@ -84,7 +84,7 @@ def _validate(model: Any, cfg: PredictConfig, batch_size: int, class_names: Opti
   return num_classes
 
 
-def _adopt_alias(output_dir: str, names: Set[str], fingerprint: Dict[str, Any],
+def adopt_alias(output_dir: str, names: Set[str], fingerprint: Dict[str, Any],
                  aliases: Sequence[str]) -> Dict[str, Any]:
   """`fingerprint`, or the one with a teacher alias when the directory's shards were
   written under it (resumed as they are)."""
@@ -103,7 +103,7 @@ def _adopt_alias(output_dir: str, names: Set[str], fingerprint: Dict[str, Any],
   return fingerprint
 
 
-def _check_output_dir(output_dir: str, names: Set[str], digest: str) -> None:
+def check_output_dir(output_dir: str, names: Set[str], digest: str) -> None:
   """Refuses an output dir holding shards (or counts) written with other flags.
 
   `names`: the directory's listing, so a fresh directory costs no further file calls.
@@ -122,15 +122,29 @@ def _check_output_dir(output_dir: str, names: Set[str], digest: str) -> None:
           "same teacher, source, num_workers and num_shards")
 
 
+def count_name(prefix: str, worker_index: int, num_workers: int) -> str:
+  """The file name of a worker's cached record count (fmt.COUNT_SUFFIX)."""
+  return (f"{fmt.MANIFEST_PREFIX}{prefix}-worker-{worker_index:05d}-of-"
+          f"{num_workers:05d}{fmt.COUNT_SUFFIX}")
+
+
+def read_count(path: str) -> int:
+  with tf.io.gfile.GFile(path) as f:
+    return int(json.load(f)["num_records"])
+
+
+def write_count(path: str, n: int, fingerprint: Dict[str, Any]) -> None:
+  fmt.write_json_atomic(path, {"num_records": int(n), "fingerprint": fingerprint,
+                               "fingerprint_digest": fmt.fingerprint_digest(fingerprint)})
+
+
 def _worker_count(source: Any, cfg: PredictConfig, output_dir: str, names: Set[str],
                   prefix: str, fingerprint: Dict[str, Any]) -> int:
   """This worker's record count; counted once (bytes only) and cached for resume."""
-  name = (f"{fmt.MANIFEST_PREFIX}{prefix}-worker-{cfg.worker_index:05d}-of-"
-          f"{cfg.num_workers:05d}{fmt.COUNT_SUFFIX}")
+  name = count_name(prefix, cfg.worker_index, cfg.num_workers)
   path = f"{output_dir}/{name}"
   if name in names:
-    with tf.io.gfile.GFile(path) as f:
-      return int(json.load(f)["num_records"])
+    return read_count(path)
   if cfg.num_workers == 1 and getattr(source, "size", None) is not None:
     n = int(source.size)  # Counted when the source was opened; no dataset to build.
   else:
@@ -138,8 +152,7 @@ def _worker_count(source: Any, cfg: PredictConfig, output_dir: str, names: Set[s
     n = int(ds.cardinality())
     if n < 0:  # Unknown (large TFRecords): one pass that reads but does not decode.
       n = int(ds.map(lambda r: r["id"]).reduce(np.int64(0), lambda c, _: c + 1))
-  fmt.write_json_atomic(path, {"num_records": n, "fingerprint": fingerprint,
-                               "fingerprint_digest": fmt.fingerprint_digest(fingerprint)})
+  write_count(path, n, fingerprint)
   return n
 
 
@@ -198,8 +211,8 @@ def predict(model: Any, source: Any, predict_cfg: PredictConfig, *, image_size: 
   out = cfg.output_dir.rstrip("/")
   tf.io.gfile.makedirs(out)
   names = set(tf.io.gfile.listdir(out))  # One listing serves every check below.
-  fingerprint = _adopt_alias(out, names, fingerprint, teacher_aliases)
-  _check_output_dir(out, names, fmt.fingerprint_digest(fingerprint))
+  fingerprint = adopt_alias(out, names, fingerprint, teacher_aliases)
+  check_output_dir(out, names, fmt.fingerprint_digest(fingerprint))
   if class_names is not None:
     fmt.write_json_atomic(f"{out}/{fmt.CLASS_NAMES_FILE}",
                           {"class_names": list(class_names)})
@@ -222,6 +235,26 @@ def predict(model: Any, source: Any, predict_cfg: PredictConfig, *, image_size: 
       shard_paths=paths, shards_written=int(needed.sum()), shards_reused=int((~needed).sum()),
       records_written=sink.records, corrupt_skipped=sink.corrupt, seconds=seconds,
       images_per_sec=progress.done / max(seconds, 1e-9))
+
+
+def needed_shards(out: str, names: Set[str], prefix: str, num_shards: int,
+                  worker_index: int, num_workers: int) -> Tuple[List[str], np.ndarray]:
+  """(shard paths, needed mask) of one worker: a shard is needed unless its manifest is
+  present and the shard matches it (`tfrecords.integrity.shard_problem`: size and
+  CRC32C). Removes the temporary files a killed run left for needed shards.
+
+  `names`: the listing of `out`, so shards without a manifest cost no file calls.
+  """
+  shards = [fmt.shard_name(prefix, k, num_shards, worker_index, num_workers)
+            for k in range(num_shards)]
+  paths = [f"{out}/{s}" for s in shards]
+  needed = np.array([fmt.manifest_name(s) not in names or _damaged(p)
+                     for s, p in zip(shards, paths)])
+  redo = set(np.asarray(shards)[needed].tolist())
+  for name in names:  # Temporary files of a killed run of this worker.
+    if ".tmp-" in name and name.split(".tmp-")[0] in redo:
+      tf.io.gfile.remove(f"{out}/{name}")
+  return paths, needed
 
 
 def _check_some_decoded(source: Any, cfg: PredictConfig, sink: sink_lib.ShardSink,
@@ -258,15 +291,8 @@ def _plan_shards(source: Any, cfg: PredictConfig, out: str, names: Set[str], pre
   """
   n = _worker_count(source, cfg, out, names, prefix, fingerprint)
   bounds = shard_ranges(n, cfg.num_shards)
-  shards = [fmt.shard_name(prefix, k, cfg.num_shards, cfg.worker_index, cfg.num_workers)
-            for k in range(cfg.num_shards)]
-  paths = [f"{out}/{s}" for s in shards]
-  needed = np.array([fmt.manifest_name(s) not in names or _damaged(p)
-                     for s, p in zip(shards, paths)])
-  redo = set(np.asarray(shards)[needed].tolist())
-  for name in names:  # Temporary files of a killed run of this worker.
-    if ".tmp-" in name and name.split(".tmp-")[0] in redo:
-      tf.io.gfile.remove(f"{out}/{name}")
+  paths, needed = needed_shards(out, names, prefix, cfg.num_shards, cfg.worker_index,
+                                cfg.num_workers)
   logging.info("predict worker %d/%d: %d records in %d shards; %d shards complete, "
                "%d records to label", cfg.worker_index, cfg.num_workers, n, cfg.num_shards,
                int((~needed).sum()), int(sum(bounds[k + 1] - bounds[k]
