@@ -33,9 +33,16 @@ setuptools.setup(
         "scikit-learn>=1.3",
         "matplotlib>=3.7",
         "tensorboard>=2.16",
+        # Registers efficientnet's Keras layers when Keras loads (a TensorFlow dependency).
+        "wrapt>=1.14",
     ],
     extras_require={
-        "test": ["pytest>=8", "pillow>=10"],
+        # --export_format=tflite runs the written model with LiteRT before publishing it;
+        # the conversion itself is TensorFlow's. Optional: only that format needs it.
+        "tflite": ["ai-edge-litert>=2.3"],
+        # The tests build TF Serving's PredictRequest / PredictResponse protos.
+        "test": ["pytest>=8", "pillow>=10", "ai-edge-litert>=2.3",
+                 "tensorflow-serving-api>=2.21,<2.22"],
     },
     entry_points={
         "console_scripts": [
