@@ -1,7 +1,8 @@
-"""Student training throughput: our trainer vs Keras `fit`, or our trainer with vs without XLA.
+"""Student training throughput: our trainer vs Keras `fit`, or our trainer with vs without
+XLA, or with vs without the divergence check.
 
   python benchmarks/bench_train.py [--sizes 32 224] [--batch 16] [--loop 4]
-      [--compare keras|xla] [--jit_compile auto|true|false] [--dtype_policy float32]
+      [--compare keras|xla|divergence] [--jit_compile auto|true|false] [--dtype_policy float32]
       [--unlabel_ratio 1] [--models efficientnet-b0] [--strategy default]
 
 One run, side by side, per model and image size:
@@ -13,6 +14,9 @@ One run, side by side, per model and image size:
          compile(RMSprop, cross entropy) + fit on in-memory tensors, batch B (per
          replica), under the same precision and XLA setting (--compare keras, default).
   xla:   ours again with XLA on, against ours with XLA off (--compare xla).
+  divergence: ours as it runs (the step computes the global gradient norm that
+         train/divergence.py checks) against ours with that norm replaced by a constant
+         (--compare divergence); the ratio is the check's cost.
 Both run `--loop` steps per execution; the first execution (compilation) is left out;
 2 more are timed. Prints images/s of each and the ratio (target >= 0.9 against keras).
 Contention on a shared machine distorts absolute numbers; compare the ratio.
@@ -32,6 +36,7 @@ import tensorflow as tf  # noqa: E402
 
 from noisy_student.config import DataConfig, DistributeConfig, ModelConfig, TrainConfig  # noqa: E402
 from noisy_student.train import distribute  # noqa: E402
+from noisy_student.train import steps as steps_lib  # noqa: E402
 from noisy_student.train import train  # noqa: E402
 
 NUM_CLASSES = 10
@@ -114,8 +119,28 @@ def keras_fit(size: int, batch: int, loop: int, *, jit_compile: str = "auto",
   return batch * loop * 2 / sum(timer.times[1:])
 
 
+def _with_and_without_check(size: int, args: argparse.Namespace, kwargs, swap: bool):
+  """(images/s with the divergence check, without it); `swap` runs "without" second, so
+  alternate repeats cancel a drift of the machine's load."""
+  def without():
+    real = steps_lib.gradient_norm
+    steps_lib.gradient_norm = lambda grads: tf.constant(0.0)
+    try:
+      return ours(size, args.batch, args.loop, jit_compile=args.jit_compile, **kwargs)
+    finally:
+      steps_lib.gradient_norm = real
+
+  def with_check():
+    return ours(size, args.batch, args.loop, jit_compile=args.jit_compile, **kwargs)
+  if swap:
+    mine = with_check()
+    return mine, without()
+  other = without()
+  return with_check(), other
+
+
 def compare(size: int, args: argparse.Namespace, model: str = "efficientnet-b0",
-            against: Optional[str] = None) -> Dict[str, float]:
+            against: Optional[str] = None, repeat: int = 0) -> Dict[str, float]:
   """One side-by-side measurement: {"ours", "other", "ratio", ...} in images/s."""
   against = against or args.compare
   kwargs = dict(model=model, unlabel_ratio=args.unlabel_ratio,
@@ -124,6 +149,9 @@ def compare(size: int, args: argparse.Namespace, model: str = "efficientnet-b0",
     other = ours(size, args.batch, args.loop, jit_compile="false", **kwargs)
     mine = ours(size, args.batch, args.loop, jit_compile="true", **kwargs)
     label = "ours without XLA"
+  elif against == "divergence":
+    mine, other = _with_and_without_check(size, args, kwargs, swap=repeat % 2 == 1)
+    label = "ours without the check"
   else:
     other = keras_fit(size, args.batch, args.loop, jit_compile=args.jit_compile,
                       dtype_policy=args.dtype_policy)
@@ -143,7 +171,9 @@ def parser() -> argparse.ArgumentParser:
   p.add_argument("--batch", type=int, default=16,
                  help="Images per step and replica (both; ours: labeled + pseudo-labeled).")
   p.add_argument("--loop", type=int, default=4, help="Steps per execution.")
-  p.add_argument("--compare", choices=["keras", "xla"], default="keras")
+  p.add_argument("--compare", choices=["keras", "xla", "divergence"], default="keras")
+  p.add_argument("--repeats", type=int, default=1,
+                 help="Alternating measurements per size (the ratios are printed each).")
   p.add_argument("--jit_compile", choices=distribute.JIT_COMPILE, default="auto")
   p.add_argument("--dtype_policy", default="float32",
                  choices=["float32", "mixed_bfloat16", "mixed_float16"])
@@ -157,7 +187,8 @@ def parser() -> argparse.ArgumentParser:
 
 def main() -> None:
   args = parser().parse_args()
-  results = [compare(size, args, model) for model in args.models for size in args.sizes]
+  results = [compare(size, args, model, repeat=r) for model in args.models
+             for size in args.sizes for r in range(args.repeats)]
   if args.json:
     with open(args.json, "w") as f:
       json.dump(results, f, indent=1)

@@ -30,6 +30,7 @@ from noisy_student import plots
 from noisy_student import settings
 from noisy_student.config import FilterConfig
 from tfrecords import format as fmt
+from tfrecords import integrity
 from tfrecords import plan as plan_lib
 from tfrecords import reader
 
@@ -181,7 +182,7 @@ def _manifests(pseudo_dir: str) -> List[Dict[str, Any]]:
                  "shards (the original's `label` and `prob`) once.", pseudo_dir, len(paths))
     return [reader.scan_manifest(paths)]
   manifests = fmt.list_manifests(pseudo_dir)
-  fmt.check_complete(manifests, pseudo_dir)
+  integrity.check_complete(manifests, pseudo_dir)
   return manifests
 
 

@@ -16,6 +16,7 @@ from typing import List
 import efficientnet  # The model table; importing it does not load Keras.
 from noisy_student import ablation_variants
 from noisy_student import config as config_lib
+from noisy_student import faults
 from noisy_student import settings
 from noisy_student.config import Config
 from noisy_student.data import source
@@ -136,8 +137,28 @@ def exists(path: str) -> bool:
   pattern = any(c in path for c in "*?[")
   if "://" not in path:
     return bool(glob.glob(path)) if pattern else os.path.exists(path)
+  reason = faults.gcs_unreachable_reason() if path.startswith("gs://") else None
+  if reason:  # At once: TensorFlow's own call would retry for minutes.
+    raise faults.unreachable(path, reason)
   import tensorflow as tf  # pylint: disable=import-outside-toplevel (only for remote paths)
   return bool(tf.io.gfile.glob(path)) if pattern else tf.io.gfile.exists(path)
+
+
+def storage(cfg: Config) -> None:
+  """Raises faults.StorageUnreachable at once when the run names a gs:// path and Cloud
+  Storage cannot be reached (TensorFlow's own calls would retry for minutes). Run before
+  any work, not by problems(): a flag's check needs no network."""
+  t, d, p = cfg.train, cfg.data, cfg.predict
+  named = [("model_dir", t.model_dir), ("label_data_dir", d.label_data_dir),
+           ("unlabel_data_dir", d.unlabel_data_dir), ("eval_data_dir", d.eval_data_dir),
+           ("tfds_data_dir", d.tfds_data_dir), ("pseudo_label_dir", t.pseudo_label_dir),
+           ("teacher_model_path", t.teacher_model_path), ("output_dir", p.output_dir),
+           ("init_model_path", t.init_model_path), ("export_dir", cfg.export.export_dir)]
+  remote = [(flag, path) for flag, path in named
+            if path and (source.path_of(path) or "").startswith("gs://")]
+  reason = faults.gcs_unreachable_reason() if remote else None
+  if reason:
+    raise faults.unreachable(f"--{remote[0][0]}={remote[0][1]}", reason)
 
 
 def _paths(cfg: Config) -> List[str]:
@@ -167,8 +188,24 @@ def _paths(cfg: Config) -> List[str]:
     paths.append(("robustness_baseline", cfg.robustness.baseline))
   checked = [(flag, path, source.path_of(path) if flag in _SOURCE_FLAGS else path)
              for flag, path in paths if path]
-  return [f"--{flag}={path}: no such file or directory"
-          for flag, path, on_disk in checked if on_disk and not exists(on_disk)]
+  return [problem for flag, path, on_disk in checked if on_disk
+          for problem in [_missing(flag, path, on_disk)] if problem]
+
+
+def _missing(flag: str, path: str, on_disk: str):
+  """A line when `on_disk` does not exist (or cannot be looked at), else None.
+  Unreachable Cloud Storage (no network, no credentials) raises
+  faults.StorageUnreachable at once: every other gs:// check would only repeat it."""
+  try:
+    return None if exists(on_disk) else f"--{flag}={path}: no such file or directory"
+  except faults.StorageUnreachable:  # Found by the probe: the same line, naming the flag.
+    raise faults.unreachable(f"--{flag}={path}", faults.gcs_unreachable_reason()) from None
+  except Exception as e:  # pylint: disable=broad-except
+    if on_disk.startswith("gs://") or faults.is_unreachable_storage(e, on_disk):
+      raise faults.unreachable(f"--{flag}={path}", e) from None
+    if "://" in on_disk:
+      return f"--{flag}={path}: cannot be read ({' '.join(str(e).split())[:200]})"
+    raise
 
 
 def pseudo_label_dir(cfg: Config) -> str:

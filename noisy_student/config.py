@@ -206,6 +206,10 @@ class TrainConfig:
   iterations_per_loop: int = setting(100, "Steps per execution (one host round trip).",
                                      check=greater(0))
   log_every_n_steps: int = setting(100, "Progress line period.", check=greater(0))
+  divergence_factor: float = setting(
+      1000.0, "Training stops as diverged when a step's loss exceeds this times the run's "
+      "first-step loss (floored at 1); NaN / Inf losses, gradient norms and weights stop "
+      "it always (docs/training.md, Divergence). 0: only those.", check=at_least(0))
   init_model_path: Optional[str] = setting(
       None, "Start from this checkpoint (file or model_dir) instead of scratch.")
   teacher_model_name: Optional[str] = setting(

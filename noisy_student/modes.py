@@ -16,19 +16,29 @@ from noisy_student import ablations
 from noisy_student import checks
 from noisy_student import config as config_lib
 from noisy_student import context
+from noisy_student import input_checks
+from noisy_student import lock
 from noisy_student import pipeline
 from noisy_student import train as train_lib
 
 
 def run(cfg: config_lib.Config) -> Any:
-  """Checks `cfg` (ConfigError lists every problem) and runs its mode; returns what the
-  mode produced (the results rows, a TrainResult, a phase result)."""
+  """Checks `cfg` (ConfigError lists every problem), takes the lock of its model_dir
+  (faults.Locked when another run holds it) and runs its mode; returns what the mode
+  produced (the results rows, a TrainResult, a phase result)."""
   checks.check(cfg)
+  checks.storage(cfg)
+  with lock.hold(cfg.train.model_dir, enabled=lock.holds_lock(cfg)):
+    return _run(cfg)
+
+
+def _run(cfg: config_lib.Config) -> Any:
   ctx = context.Context(cfg)
   if cfg.mode in ("pipeline", "train", "predict", "ablate"):
     # Multi-worker collectives can only be set up before any other op runs: make the
     # strategy first, and every phase of this run then shares it.
     _ = ctx.strategy
+  input_checks.check(ctx)  # Classes agree, images decode: before any work.
   if cfg.mode == "pipeline":
     return pipeline.run_pipeline(cfg, ctx)
   if cfg.mode == "ablate":

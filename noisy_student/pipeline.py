@@ -43,6 +43,7 @@ from noisy_student.results import (BalancedPseudoLabels, Evaluation, Exported, P
                                    TeacherCheck, TrainedModel)
 from noisy_student.train import checkpoints
 import tfrecords
+from tfrecords import integrity
 
 
 def _train(ctx: Context, model_cfg, train_cfg, pseudo_labels=None) -> TrainedModel:
@@ -238,10 +239,27 @@ def predict_pseudo_labels(ctx: Context, teacher: TrainedModel, output_dir: str,
       ctx.load(teacher), ctx.source("unlabel"), pcfg, image_size=teacher.image_size,
       batch_size=ctx.cfg.eval.eval_batch_size,
       class_names=names, num_label_classes=len(names), strategy=ctx.strategy,
-      teacher_id=teacher.path, small_image=teacher.small_image,
+      # Relative to the shards, so a moved model_dir resumes its own (phases.py).
+      teacher_id=phases.relative_path(teacher.path, output_dir),
+      teacher_aliases=(teacher.path,), small_image=teacher.small_image,
       jit_compile=ctx.jit_compile)
   return PseudoLabels(output_dir=output_dir, records_written=summary.records_written,
                       corrupt_skipped=summary.corrupt_skipped)
+
+
+def heal_pseudo_labels(ctx: Context, teacher: TrainedModel, output_dir: str) -> None:
+  """Before a finished predict phase's shards are read: a missing or damaged shard (cut,
+  bit-flipped, deleted) re-opens predict for those shards only; the others are kept."""
+  found = integrity.problems(output_dir)
+  if not found:
+    return
+  fp = tfrecords.list_manifests(output_dir)
+  total = (fp[0]["fingerprint"]["num_workers"] * fp[0]["fingerprint"]["num_shards"]
+           if fp else len(found))
+  logging.warning("predict: %s; re-opening predict for those shards only (the others "
+                  "are kept).", integrity.describe(found, total))
+  predict_pseudo_labels(ctx, teacher, output_dir)
+  integrity.check_complete(tfrecords.list_manifests(output_dir), output_dir)
 
 
 def balance_pseudo_labels(ctx: Context, pseudo_dir: str,
@@ -290,7 +308,7 @@ def export_model(ctx: Context, model: TrainedModel) -> Exported:
 
 # Settings that change how fast, how often or where, never what a phase produces; and the
 # ones each phase receives separately (a student's ratio, a phase's directory).
-_NOT_IN_FINGERPRINT = ("model_dir", "log_every_n_steps", "save_checkpoints_steps",
+_NOT_IN_FINGERPRINT = ("model_dir", "log_every_n_steps", "divergence_factor", "save_checkpoints_steps",
                        "keep_checkpoint_max", "iterations_per_loop", "pseudo_label_dir",
                        "teacher_model_path", "teacher_model_name", "unlabel_ratio")
 
@@ -384,6 +402,8 @@ def run_pipeline(cfg: config_lib.Config, ctx: Optional[Context] = None
     pseudo = phase(f"predict-{i}", {"teacher": teacher, **fp["predict"]},
                    lambda: predict_pseudo_labels(ctx, teacher, ctx.path(f"pseudo_{i}")),
                    PseudoLabels)
+    if markers.get(f"student-{i}") is None:  # Its shards are still to be read.
+      heal_pseudo_labels(ctx, teacher, pseudo.output_dir)
     if cfg.pipeline.reassign_label and i > 1:
       # The first iteration's selection and copies, this teacher's labels.
       balanced = phase(f"balance-{i}", {"pseudo": pseudo, "filtered": first,

@@ -72,7 +72,7 @@ def run_steps(weights, cfg, targets_from: str, jit: bool, num_steps: int = 2, te
     multi = steps.make_multi_step(strategy, compiled)
     batches = iter(strategy.experimental_distribute_dataset(
         tf.data.Dataset.from_tensors(batch).repeat()))
-    metrics = [{k: float(v) for k, v in multi(batches, tf.constant(1)).items()}
+    metrics = [{k: float(v) for k, v in multi(batches, tf.constant(1))[0].items()}
                for _ in range(num_steps)]
   state = [w.numpy() for w in model.weights] + [s.numpy() for s in ema.shadows]
   return types.SimpleNamespace(metrics=metrics, state=state, model=model, ema=ema,

@@ -71,7 +71,7 @@ def test_mirrored_student_computes_the_same_loss_as_one_device():
   multi = steps.make_multi_step(mirrored, step)
   it = iter(mirrored.experimental_distribute_dataset(
       tf.data.Dataset.from_tensors(batch).repeat()))
-  two_loss = [float(multi(it, tf.constant(1))["loss"]) for _ in range(2)]
+  two_loss = [float(multi(it, tf.constant(1))[0]["loss"]) for _ in range(2)]
   two = [w.numpy() for w in model.weights] + [s.numpy() for s in ema.shadows]
   # Step 1 checks the forward pass and loss; step 2 checks the gradients were
   # aggregated (summed over replicas of loss / replicas) into the same update.

@@ -85,7 +85,8 @@ def test_reader_and_plain_imagenet_parse(tmp_path):
 
 def test_directory_missing_a_shard_or_mixing_flags_is_refused(tmp_path):
   _write(str(tmp_path / fmt.shard_name("train", 0, 2)), 3).close()
-  with pytest.raises(ValueError, match="1 complete shards of the 2"):
+  with pytest.raises(ValueError, match=r"1 of 2 shards missing or damaged \(train-00001-of-"
+                     r"00002: missing\)"):
     reader.read_records(str(tmp_path))
   other = dict(FP, teacher="other")
   _write(str(tmp_path / fmt.shard_name("train", 1, 2)), 3, fingerprint=other).close()
@@ -230,4 +231,4 @@ def test_shards_stored_at_another_temperature_are_refused(tmp_path):
                      "predict again"):
     reader.read_records(str(tmp_path))
   manifest = _write(str(tmp_path / "new-00000-of-00001"), 2).close()
-  assert manifest["version"] == 2 and manifest["probabilities_temperature"] == 1.0
+  assert manifest["version"] >= 2 and manifest["probabilities_temperature"] == 1.0

@@ -43,6 +43,7 @@ import numpy as np
 import tensorflow as tf
 
 from noisy_student import atomic
+from tfrecords import checksum
 
 IMAGE_KEY = "image/encoded"
 ID_KEY = "image/id"
@@ -61,7 +62,9 @@ ORIGINAL_CONFIDENCE_KEY = "prob"
 STORED_TEMPERATURE = 1.0
 MANIFEST_PREFIX = "_"
 MANIFEST_SUFFIX = ".manifest.json"
-MANIFEST_VERSION = 2
+# 3: `crc32c` (tfrecords/checksum.py) beside `size_bytes`; older manifests are read, and
+# only their sizes verified.
+MANIFEST_VERSION = 3
 # Predict's other files in an output directory; the `_` keeps them out of `train*` too.
 COUNT_SUFFIX = ".count.json"  # `_PREFIX-worker-%05d-of-%05d.count.json`: a worker's count.
 CLASS_NAMES_FILE = "class_names.json"
@@ -231,8 +234,8 @@ class ShardWriter:
   histogram per class ({class: [[bin, count], ...]}, `num_bins` bins over [0, 1]),
   probabilities_temperature (STORED_TEMPERATURE), skipped (corrupt images: count and
   ids), source_range ([first, end) of the worker's records this shard covers), the
-  shard's byte size, and the producing `fingerprint` (+ its digest). A shard without a
-  valid manifest is incomplete and gets rewritten.
+  shard's byte size and CRC32C, and the producing `fingerprint` (+ its digest); see
+  `shard_manifest`. A shard without a valid manifest is incomplete and gets rewritten.
   """
 
   def __init__(self, path: str, num_classes: int, fingerprint: Mapping[str, Any],
@@ -275,26 +278,44 @@ class ShardWriter:
     """Renames the shard into place, writes and returns its manifest."""
     self._writer.close()
     tf.io.gfile.rename(self._tmp, self.path, overwrite=True)
-    manifest = {
-        "version": MANIFEST_VERSION,
-        "shard": os.path.basename(self.path),
-        "record_count": self._count,
-        **self._hist.fields(),
-        "skipped_count": len(self._skipped),
-        "skipped_ids": self._skipped[:1000],  # Bounded: counts stay exact, ids are a sample.
-        "source_range": self._source_range,
-        "size_bytes": tf.io.gfile.stat(self.path).length,
-        "fingerprint": self._fingerprint,
-        "fingerprint_digest": fingerprint_digest(self._fingerprint),
-    }
-    write_json_atomic(manifest_path(self.path), manifest)
-    return manifest
+    return shard_manifest(self.path, record_count=self._count, fields=self._hist.fields(),
+                          skipped_ids=self._skipped, source_range=self._source_range,
+                          fingerprint=self._fingerprint)
 
   def abort(self) -> None:
     """Drops the temporary file (used when the writer fails part-way)."""
     self._writer.close()
     if tf.io.gfile.exists(self._tmp):
       tf.io.gfile.remove(self._tmp)
+
+
+def shard_manifest(path: str, *, record_count: int, fields: Mapping[str, Any],
+                   skipped_ids: Sequence[str], source_range: Sequence[int],
+                   fingerprint: Mapping[str, Any],
+                   skipped_count: Optional[int] = None) -> Dict[str, Any]:
+  """Writes (atomically) and returns the manifest of the finished shard file `path`.
+
+  The one writer of manifests, for any producer of shards (ShardWriter, a Beam sink):
+  `size_bytes` and `crc32c` are taken from the file as written (tfrecords/checksum.py),
+  `fields` are `ConfidenceHistogram.fields()` of its records; the manifest is written
+  last, so a shard is complete exactly when its manifest exists and matches it.
+  """
+  size, crc = checksum.of_file(path)
+  manifest = {
+      "version": MANIFEST_VERSION,
+      "shard": os.path.basename(path),
+      "record_count": int(record_count),
+      **fields,
+      "skipped_count": len(skipped_ids) if skipped_count is None else int(skipped_count),
+      "skipped_ids": list(skipped_ids)[:1000],  # Bounded: counts exact, ids a sample.
+      "source_range": [int(v) for v in source_range],
+      "size_bytes": size,
+      "crc32c": crc,
+      "fingerprint": dict(fingerprint),
+      "fingerprint_digest": fingerprint_digest(fingerprint),
+  }
+  write_json_atomic(manifest_path(path), manifest)
+  return manifest
 
 
 def _check_temperature(manifest: Mapping[str, Any], mpath: str) -> None:
@@ -370,17 +391,3 @@ def check_one_fingerprint(manifests: Iterable[Mapping[str, Any]], where: str) ->
   if len(seen) > 1:
     raise ValueError(f"{where} mixes shards written with different flags; use a fresh "
                      f"directory. Fingerprints: {json.dumps(list(seen.values()), default=str)}")
-
-
-def check_complete(manifests: Sequence[Mapping[str, Any]], where: str) -> None:
-  """Raises ValueError unless every worker's every shard is present (no lost records)."""
-  if not manifests:
-    raise ValueError(f"no complete pseudo-label shards (*{MANIFEST_SUFFIX}) in {where}")
-  check_one_fingerprint(manifests, where)
-  fp = manifests[0]["fingerprint"]
-  expected = fp["num_workers"] * fp["num_shards"]
-  if len(manifests) != expected:
-    raise ValueError(
-        f"{where} holds {len(manifests)} complete shards of the {expected} that "
-        f"num_workers={fp['num_workers']} x num_shards={fp['num_shards']} produce; "
-        "run predict (every worker) to completion first")

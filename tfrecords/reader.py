@@ -16,6 +16,7 @@ import tensorflow as tf
 
 from noisy_student import atomic
 from tfrecords import format as fmt
+from tfrecords import integrity
 from tfrecords import splits
 
 
@@ -45,7 +46,7 @@ def resolve_shards(path_or_pattern: str, require_complete: bool = True) -> List[
                          ) from None
     manifests = fmt.list_manifests(path_or_pattern)
     if require_complete:
-      fmt.check_complete(manifests, path_or_pattern)
+      integrity.check_complete(manifests, path_or_pattern)
     return [m["path"] for m in manifests]
   paths = [p for p in sorted(tf.io.gfile.glob(path_or_pattern))
            if not p.endswith(".json") and atomic.TEMPORARY not in os.path.basename(p)]

@@ -1,14 +1,15 @@
 """Numbered export versions, `<export_dir>/<n>/`, as TensorFlow Serving watches them.
 
 Each version is written under a temporary name that Serving skips (`tmp-<n>-<pid>`: not
-an integer) and renamed when complete, so a server never loads half an export.
+an integer) and renamed when complete, so a server never loads half an export; the
+temporary folders an interrupted export left are removed by the next one.
 """
 from __future__ import annotations
 
 import contextlib
 import os
 import re
-from typing import Iterator, Optional, Tuple
+from typing import Iterator, List, Optional, Tuple
 
 from absl import logging
 import tensorflow as tf
@@ -23,6 +24,37 @@ def next_version(export_dir: str) -> int:
   return max(versions, default=0) + 1
 
 
+def remove_leftovers(export_dir: str) -> List[str]:
+  """Removes the `tmp-<version>-<pid>` folders an interrupted export left in `export_dir`
+  (TF Serving skips them, but they pile up); returns their paths. Locally a folder whose
+  process still runs is kept; remote ones (gs://) are all removed: the model_dir lock
+  (noisy_student/lock.py) keeps a second export of the same run from running."""
+  if not tf.io.gfile.isdir(export_dir):
+    return []
+  removed = []
+  for name in tf.io.gfile.listdir(export_dir):
+    match = re.fullmatch(r"tmp-\d+-(\d+)/?", name)
+    if not match or int(match.group(1)) == os.getpid():
+      continue
+    if "://" not in export_dir and _pid_alive(int(match.group(1))):
+      continue
+    path = f"{export_dir.rstrip('/')}/{name.rstrip('/')}"
+    tf.io.gfile.rmtree(path)
+    logging.info("Removed %s, left by an interrupted export.", path)
+    removed.append(path)
+  return removed
+
+
+def _pid_alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:  # Someone else's process: alive.
+    pass
+  return True
+
+
 @contextlib.contextmanager
 def new_version(export_dir: str, version: Optional[int] = None
                 ) -> Iterator[Tuple[str, str]]:
@@ -30,9 +62,11 @@ def new_version(export_dir: str, version: Optional[int] = None
 
   The caller writes into the temporary directory (not yet created: SavedModel writers
   create it); on success it becomes `<export_dir>/<version>`, on an exception it is
-  removed. `version` None: one more than the largest there.
+  removed. `version` None: one more than the largest there. Leftovers of interrupted
+  exports are removed first.
   """
   base = export_dir.rstrip("/")
+  remove_leftovers(base)
   version = next_version(base) if version is None else version
   final_dir = f"{base}/{version}"
   if tf.io.gfile.exists(final_dir):

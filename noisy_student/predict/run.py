@@ -14,6 +14,7 @@ from noisy_student.predict import sink as sink_lib
 from noisy_student.predict import stream
 from noisy_student.train import distribute
 from tfrecords import format as fmt
+from tfrecords import integrity
 
 PreprocessFn = stream.PreprocessFn
 
@@ -83,6 +84,25 @@ def _validate(model: Any, cfg: PredictConfig, batch_size: int, class_names: Opti
   return num_classes
 
 
+def _adopt_alias(output_dir: str, names: Set[str], fingerprint: Dict[str, Any],
+                 aliases: Sequence[str]) -> Dict[str, Any]:
+  """`fingerprint`, or the one with a teacher alias when the directory's shards were
+  written under it (resumed as they are)."""
+  if not aliases or not any(n.endswith((fmt.MANIFEST_SUFFIX, fmt.COUNT_SUFFIX))
+                            for n in names):
+    return fingerprint
+  digests = {m["fingerprint_digest"] for m in fmt.list_manifests(output_dir)}
+  for path in tf.io.gfile.glob(f"{output_dir}/*{fmt.COUNT_SUFFIX}"):
+    with tf.io.gfile.GFile(path) as f:
+      digests.add(json.load(f)["fingerprint_digest"])
+  for alias in aliases:
+    other = dict(fingerprint, teacher=alias)
+    if fmt.fingerprint_digest(fingerprint) not in digests and (
+        fmt.fingerprint_digest(other) in digests):
+      return other
+  return fingerprint
+
+
 def _check_output_dir(output_dir: str, names: Set[str], digest: str) -> None:
   """Refuses an output dir holding shards (or counts) written with other flags.
 
@@ -133,7 +153,8 @@ def predict(model: Any, source: Any, predict_cfg: PredictConfig, *, image_size: 
             prefix: str = "train",
             num_bins: int = fmt.DEFAULT_NUM_BINS,
             log_every_secs: float = 30.0,
-            jit_compile: Optional[bool] = None) -> PredictSummary:
+            jit_compile: Optional[bool] = None,
+            teacher_aliases: Sequence[str] = ()) -> PredictSummary:
   """Writes this worker's pseudo-label shards into `predict_cfg.output_dir`.
 
   Args:
@@ -159,6 +180,9 @@ def predict(model: Any, source: Any, predict_cfg: PredictConfig, *, image_size: 
     log_every_secs: progress log period.
     jit_compile: compile the teacher's step with XLA; None: `--jit_compile=auto` for
       `strategy`.
+    teacher_aliases: other ids the same teacher had in shards written by older versions
+      (its absolute path, before ids became relative to the output directory): a
+      directory of such shards is resumed under its own fingerprint.
 
   Returns:
     A PredictSummary. Raises ValueError on bad flags, a class-count mismatch, or an
@@ -174,6 +198,7 @@ def predict(model: Any, source: Any, predict_cfg: PredictConfig, *, image_size: 
   out = cfg.output_dir.rstrip("/")
   tf.io.gfile.makedirs(out)
   names = set(tf.io.gfile.listdir(out))  # One listing serves every check below.
+  fingerprint = _adopt_alias(out, names, fingerprint, teacher_aliases)
   _check_output_dir(out, names, fmt.fingerprint_digest(fingerprint))
   if class_names is not None:
     fmt.write_json_atomic(f"{out}/{fmt.CLASS_NAMES_FILE}",
@@ -189,12 +214,40 @@ def predict(model: Any, source: Any, predict_cfg: PredictConfig, *, image_size: 
   todo = int(sum(bounds[k + 1] - bounds[k] for k in np.flatnonzero(needed)))
   progress = stream.Progress(todo, log_every_secs)
   stream.label(ds, step, sink, progress)
+  _check_some_decoded(source, cfg, sink, [p for p, n in zip(paths, needed) if n],
+                      resumed=not needed.all())
   seconds = progress.seconds
   return PredictSummary(
       output_dir=out, worker_index=cfg.worker_index, num_workers=cfg.num_workers,
       shard_paths=paths, shards_written=int(needed.sum()), shards_reused=int((~needed).sum()),
       records_written=sink.records, corrupt_skipped=sink.corrupt, seconds=seconds,
       images_per_sec=progress.done / max(seconds, 1e-9))
+
+
+def _check_some_decoded(source: Any, cfg: PredictConfig, sink: sink_lib.ShardSink,
+                        written: Sequence[str], resumed: bool) -> None:
+  """Refuses a worker's part of the source in which no image decoded (a folder of
+  corrupt or non-image files): shards of 0 records would only fail later, in filter.
+  Their manifests are removed, so a run after the folder is fixed predicts them again."""
+  if sink.records or not sink.corrupt or resumed:
+    return
+  for path in written:
+    if tf.io.gfile.exists(fmt.manifest_path(path)):
+      tf.io.gfile.remove(fmt.manifest_path(path))
+  spec = getattr(source, "spec", None) or str(source)
+  raise ValueError(
+      f"--unlabel_data_dir={spec}: none of its images decodes ({sink.corrupt} skipped as "
+      f"corrupt{' in worker ' + str(cfg.worker_index) + ' part' if cfg.num_workers > 1 else ''}"
+      "); give a folder of JPEG / PNG / BMP / GIF images")
+
+
+def _damaged(path: str) -> bool:
+  """Whether a shard with a manifest must be written again (cut, grown or bit-flipped)."""
+  manifest = fmt.read_manifest(path)
+  problem = integrity.shard_problem(path, manifest) if manifest else "size differs"
+  if problem:
+    logging.warning("predict: %s is damaged (%s); predicting it again.", path, problem)
+  return bool(problem)
 
 
 def _plan_shards(source: Any, cfg: PredictConfig, out: str, names: Set[str], prefix: str,
@@ -208,7 +261,7 @@ def _plan_shards(source: Any, cfg: PredictConfig, out: str, names: Set[str], pre
   shards = [fmt.shard_name(prefix, k, cfg.num_shards, cfg.worker_index, cfg.num_workers)
             for k in range(cfg.num_shards)]
   paths = [f"{out}/{s}" for s in shards]
-  needed = np.array([fmt.manifest_name(s) not in names or fmt.read_manifest(p) is None
+  needed = np.array([fmt.manifest_name(s) not in names or _damaged(p)
                      for s, p in zip(shards, paths)])
   redo = set(np.asarray(shards)[needed].tolist())
   for name in names:  # Temporary files of a killed run of this worker.

@@ -12,6 +12,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 from absl import logging
 import numpy as np
 
+from noisy_student import faults
 from tfrecords import format as fmt
 
 # One labelled batch: record index [k], serialized records [k], classes [k], confidence [k].
@@ -71,6 +72,10 @@ class ShardSink:
   def add(self, index: np.ndarray, records: np.ndarray, classes: np.ndarray,
           confidence: np.ndarray) -> None:
     """Writes one batch (it may span shards) of the records that decoded, in order."""
+    if not np.isfinite(confidence).all():  # A teacher of an older, diverged run.
+      raise faults.Diverged(
+          f"the teacher's outputs are not finite (record {int(index[0])} of this worker on): "
+          "its training diverged; train it again with a lower --base_learning_rate")
     shard = np.searchsorted(self._bounds[1:-1], index, side="right")
     for k in np.unique(shard):
       self._advance_to(int(k))

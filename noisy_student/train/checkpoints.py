@@ -27,6 +27,7 @@ import efficientnet
 import efficientnet.layers  # noqa: F401  Registers StochasticDepth, which .keras files name.
 from noisy_student import atomic
 from noisy_student.config import ModelConfig
+from noisy_student.train import divergence
 from noisy_student.train import ema as ema_lib
 
 BUILD_CONFIG = "build_config.json"
@@ -136,7 +137,9 @@ def load_for_inference(path: str, dtype_policy: str = "float32") -> keras.Model:
   the checkpoint are swapped in when the run kept an EMA.
   """
   if path.endswith(".keras"):
+    divergence.refuse_if_diverged(os.path.dirname(path) or ".")
     return keras.models.load_model(path)
+  divergence.refuse_if_diverged(path if tf.io.gfile.isdir(path) else os.path.dirname(path))
   prefix = resolve_checkpoint(path)
   model_dir = path if tf.io.gfile.isdir(path) else os.path.dirname(prefix)
   build = read_build_config(model_dir)

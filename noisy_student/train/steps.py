@@ -7,6 +7,7 @@ the per-step metrics summed over the N steps (host divides by N).
 """
 from __future__ import annotations
 
+import math
 from typing import Callable, Dict, Optional
 
 import keras
@@ -18,8 +19,12 @@ from noisy_student.train import losses
 
 # target_confidence: the mean max probability of the pseudo-label targets, the
 # original's `unl/target_prob` (main.py:539-540).
+# grad_norm: the global gradient norm of the applied updates (skipped ones left out);
+# loss_scale_skips: updates a LossScaleOptimizer skipped (a sum, not a mean).
 METRICS = ("loss", "labeled_loss", "unlabeled_loss", "weight_decay_loss",
-           "labeled_accuracy", "pseudo_accuracy", "target_confidence")
+           "labeled_accuracy", "pseudo_accuracy", "target_confidence", "grad_norm",
+           "loss_scale_skips")
+SUMMED = ("loss_scale_skips",)
 
 
 def _accuracy(logits: tf.Tensor, classes: tf.Tensor) -> tf.Tensor:
@@ -41,6 +46,12 @@ def _targets(batch: Dict[str, tf.Tensor], cfg: TrainConfig, targets_from: str,
                                       cfg.label_smoothing)
   return losses.targets_from_probs(batch["probabilities"], cfg.teacher_softmax_temp,
                                    cfg.label_smoothing)
+
+
+def gradient_norm(grads) -> tf.Tensor:
+  """The global norm the divergence check reads (benchmarks/bench_train.py --compare
+  divergence swaps it for a constant to measure its cost)."""
+  return tf.linalg.global_norm(grads)
 
 
 def make_replica_step(model: keras.Model, optimizer, cfg: TrainConfig, targets_from: str,
@@ -67,6 +78,14 @@ def make_replica_step(model: keras.Model, optimizer, cfg: TrainConfig, targets_f
       if scales_loss:
         scaled = optimizer.scale_loss(scaled)
     grads = tape.gradient(scaled, model.trainable_variables)
+    # The divergence check's one cost per step (train/divergence.py). Summed over
+    # replicas by the reduction below; under loss scaling an overflow (Inf) is the
+    # optimizer's skip, not divergence.
+    grad_norm = gradient_norm(grads) * float(num_replicas)
+    skipped = tf.constant(0.0)
+    if scales_loss:
+      grad_norm = grad_norm / tf.cast(optimizer.dynamic_scale, tf.float32)
+      skipped = 1.0 - tf.cast(tf.math.is_finite(grad_norm), tf.float32)
     step = tf.identity(optimizer.iterations)
     optimizer.apply_gradients(zip(grads, model.trainable_variables))
     if scales_loss:
@@ -85,23 +104,49 @@ def make_replica_step(model: keras.Model, optimizer, cfg: TrainConfig, targets_f
     return {"loss": parts.total, "labeled_loss": parts.labeled,
             "unlabeled_loss": parts.unlabeled, "weight_decay_loss": parts.weight_decay,
             "labeled_accuracy": _accuracy(logits[:num_labeled], batch["label"]),
-            "pseudo_accuracy": pseudo_acc, "target_confidence": target_conf}
+            "pseudo_accuracy": pseudo_acc, "target_confidence": target_conf,
+            "grad_norm": grad_norm, "loss_scale_skips": skipped}
 
   return replica_step
 
 
 def make_multi_step(strategy: tf.distribute.Strategy, replica_step: Callable) -> Callable:
-  """tf.function(iterator, n) running n steps; returns {metric: sum over the n steps}."""
+  """tf.function(iterator, n) running n steps; returns ({metric: sum over the n steps},
+  {divergence.WORST_KEYS: the first step's loss, the largest loss and its index, the
+  index of the first step with a non-finite loss or gradient norm (-1: none) and its
+  values}), indices 0-based within the n steps."""
 
   @tf.function
-  def multi_step(iterator, num_steps: tf.Tensor) -> Dict[str, tf.Tensor]:
+  def multi_step(iterator, num_steps: tf.Tensor):
     sums = {k: tf.constant(0.0) for k in METRICS}
-    for _ in tf.range(num_steps):
+    worst = {"first_loss": tf.constant(math.nan), "max_loss": tf.constant(-math.inf),
+             "max_loss_index": tf.constant(-1.0), "bad_index": tf.constant(-1.0),
+             "bad_loss": tf.constant(0.0), "bad_grad_norm": tf.constant(0.0)}
+    for i in tf.range(num_steps):
       per_replica = strategy.run(replica_step, args=(next(iterator),))
       # Every replica holds the same number of rows, so the mean of the per-replica
       # means is the mean over the global batch.
-      sums = {k: sums[k] + strategy.reduce(tf.distribute.ReduceOp.MEAN, per_replica[k],
-                                           axis=None) for k in METRICS}
-    return sums
+      step = {k: strategy.reduce(tf.distribute.ReduceOp.MEAN, per_replica[k], axis=None)
+              for k in METRICS}
+      sums, worst = _accumulate(sums, worst, step, tf.cast(i, tf.float32))
+    return sums, worst
 
   return multi_step
+
+
+def _accumulate(sums, worst, step, i):
+  """Adds one step's reduced metrics to the sums and the divergence scalars."""
+  loss, norm, skipped = step["loss"], step["grad_norm"], step["loss_scale_skips"] > 0
+  applied = tf.math.is_finite(norm)
+  bad = ~tf.math.is_finite(loss) | (~applied & ~skipped)
+  first_bad = bad & (worst["bad_index"] < 0)
+  louder = loss > worst["max_loss"]
+  sums = {k: sums[k] + (tf.where(applied, v, 0.0) if k == "grad_norm" else v)
+          for k, v in step.items()}
+  worst = {"first_loss": tf.where(i == 0, loss, worst["first_loss"]),
+           "max_loss": tf.where(louder, loss, worst["max_loss"]),
+           "max_loss_index": tf.where(louder, i, worst["max_loss_index"]),
+           "bad_index": tf.where(first_bad, i, worst["bad_index"]),
+           "bad_loss": tf.where(first_bad, loss, worst["bad_loss"]),
+           "bad_grad_norm": tf.where(first_bad, norm, worst["bad_grad_norm"])}
+  return sums, worst

@@ -19,9 +19,11 @@ import keras
 import tensorflow as tf
 from tensorflow.core.framework import summary_pb2
 
+from noisy_student import faults
 from noisy_student.config import DataConfig, DistributeConfig, ModelConfig, TrainConfig
 from noisy_student.train import checkpoints
 from noisy_student.train import distribute
+from noisy_student.train import divergence
 from noisy_student.train import ema as ema_lib
 from noisy_student.train import inputs as inputs_lib
 from noisy_student.train import preemption
@@ -116,9 +118,9 @@ def train(model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg: TrainConfig,
       Multi-worker programs must create theirs at startup, before any other TF op
       (TF configures collective ops only then).
   Returns:
-    TrainResult. Raises ValueError on inconsistent input, FloatingPointError on a NaN
-    loss (the last good checkpoint is left as it was), and preemption.Preempted (a
-    SystemExit) after saving a checkpoint when the process got SIGTERM.
+    TrainResult. Raises ValueError on inconsistent input, faults.Diverged when training
+    diverges (train/divergence.py: the last finite checkpoint is left as it was), and
+    preemption.Preempted (a SystemExit) after saving a checkpoint on SIGTERM.
   """
   train_cfg = preflight.check_train_config(train_cfg)
   strategy = strategy or distribute.make_strategy(dist_cfg)
@@ -149,15 +151,22 @@ def train(model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg: TrainConfig,
       strategy, distribute.compile_step(replica_step, jit_compile, strategy))
   images_per_step = strategy.num_replicas_in_sync * (spec.labeled_batch +
                                                      spec.unlabeled_batch)
+  diverged = divergence.Watch(
+      train_cfg.model_dir, train_cfg.divergence_factor, divergence.flags_hint(
+          train_cfg.base_learning_rate, train_cfg.warmup_epochs, model_cfg.dtype_policy),
+      chief)
   loop = _Loop(train_cfg, state, chief, images_per_step, run.num_train_images,
-               preemption.make_agreement(strategy))
+               preemption.make_agreement(strategy), diverged)
   with preemption.SigtermWatch() as watch:
     metrics, rate = loop.run(multi_step, iterator, start_step, watch)
   preflight.cleanup_worker_dir(chief, ckpt_dir)
   final_path = None
   if chief:
-    final_path = checkpoints.save_final_model(
-        checkpoints.load_for_inference(train_cfg.model_dir), train_cfg.model_dir)
+    final = checkpoints.load_for_inference(train_cfg.model_dir)
+    if not divergence.outputs_finite(final, spec.image_size):
+      diverged.stop(global_step(state.optimizer), "the trained model's outputs are not "
+                    "finite", state.manager.latest_checkpoint)
+    final_path = checkpoints.save_final_model(final, train_cfg.model_dir)
     logging.info("Wrote %s.", final_path)
   result = TrainResult(train_cfg.model_dir, global_step(state.optimizer), start_step,
                        state.manager.latest_checkpoint or "", final_path, metrics, rate,
@@ -175,8 +184,13 @@ class _Loop:
   """The host loop: run chunks of steps, check, summarise, log, checkpoint."""
 
   def __init__(self, cfg: TrainConfig, state: _State, chief: bool, images_per_step: int,
-               num_train_images: int, agree_preempted):
-    self.cfg, self.state, self.chief = cfg, state, chief
+               num_train_images: int, agree_preempted, diverged: divergence.Watch):
+    self.cfg, self.state, self.chief, self.diverged = cfg, state, chief, diverged
+    variables = list(state.model.variables) + (list(state.ema.shadows) if state.ema else [])
+    self.weights_finite = divergence.weights_finite_fn(variables)
+    self.checkpoint_bytes = sum(  # What one more checkpoint needs on disk, about.
+        int(np_prod(v.shape)) * tf.as_dtype(v.dtype).size
+        for v in variables + list(state.optimizer.variables))
     self.agree_preempted = agree_preempted
     self.images_per_step = images_per_step
     self.steps_per_epoch = schedules.steps_per_epoch(cfg, num_train_images)
@@ -198,10 +212,12 @@ class _Loop:
     while step < self.train_steps:
       n = self._chunk(step)
       start = time.perf_counter()
-      sums = multi_step(iterator, tf.constant(n, tf.int32))
-      metrics = {k: float(v) / n for k, v in sums.items()}  # float() waits for the steps.
+      sums, worst = multi_step(iterator, tf.constant(n, tf.int32))
+      # float() waits for the steps.
+      metrics = {k: float(v) / (1 if k in steps_lib.SUMMED else n) for k, v in sums.items()}
       secs = time.perf_counter() - start
-      _check_finite(metrics, step, n, self.state.manager.latest_checkpoint)
+      self.diverged.check({k: float(v) for k, v in worst.items()}, step,
+                          self.state.manager.latest_checkpoint)
       if calls or n == self.train_steps - step:  # The first call compiles: left out.
         timed_steps, timed_secs = timed_steps + n, timed_secs + secs
       calls += 1
@@ -222,8 +238,19 @@ class _Loop:
     return metrics, overall
 
   def _save(self, step: int) -> str:
+    if not bool(self.weights_finite()):  # Never a checkpoint of non-finite weights.
+      self.diverged.stop(step, "a weight (or EMA shadow) is not finite",
+                         self.state.manager.latest_checkpoint)
     self.writer.flush()  # The summaries up to the checkpoint survive a preemption.
-    path = self.state.manager.save(checkpoint_number=step)
+    try:
+      path = self.state.manager.save(checkpoint_number=step)
+    except Exception as e:  # pylint: disable=broad-except
+      if not faults.is_no_space(e):
+        raise
+      partial = f"{self.state.manager.directory.rstrip('/')}/ckpt-{step}_temp"
+      if tf.io.gfile.exists(partial):  # Frees what the failed save took.
+        tf.io.gfile.rmtree(partial)
+      raise faults.disk_full(self.state.manager.directory, self.checkpoint_bytes) from None
     logging.info("Saved %s.", path)
     return path
 
@@ -240,11 +267,13 @@ class _Loop:
     student = (f", unlabeled {metrics['unlabeled_loss']:.4f}, pseudo-acc "
                f"{metrics['pseudo_accuracy']:.3f}, target-conf "
                f"{metrics['target_confidence']:.3f}" if self.cfg.unlabel_ratio else "")
-    logging.info("step %d/%d (epoch %.2f) loss %.4f (labeled %.4f, acc %.3f%s) lr %.3g | "
-                 "%.1f images/s, ETA %s", step, self.train_steps,
+    skips = (f", {metrics['loss_scale_skips']:.0f} loss-scale skips"
+             if metrics.get("loss_scale_skips") else "")
+    logging.info("step %d/%d (epoch %.2f) loss %.4f (labeled %.4f, acc %.3f%s) lr %.3g, "
+                 "grad-norm %.3g%s | %.1f images/s, ETA %s", step, self.train_steps,
                  step / self.steps_per_epoch, metrics["loss"], metrics["labeled_loss"],
                  metrics["labeled_accuracy"], student, float(self.state.schedule(step - 1)),
-                 rate, _hms(eta))
+                 metrics["grad_norm"], skips, rate, _hms(eta))
 
 
 # TensorBoard's scalar plugin metadata, written with TF core's tf.summary.write so that
@@ -258,13 +287,8 @@ def _scalar_summary(name: str, value: float) -> None:
   tf.summary.write(name, tf.constant(value, tf.float32), metadata=_SCALAR_METADATA)
 
 
-def _check_finite(metrics: Dict[str, float], step: int, n: int,
-                  last_checkpoint: Optional[str]) -> None:
-  if not all(math.isfinite(v) for v in metrics.values()):
-    raise FloatingPointError(
-        f"Loss became NaN/Inf between steps {step} and {step + n} ({metrics}). Nothing was "
-        f"saved; the last good checkpoint is {last_checkpoint or 'none'}. Lower "
-        "--base_learning_rate, check the input data, or turn off --use_bfloat16.")
+def np_prod(shape) -> int:
+  return math.prod(int(d) for d in shape)
 
 
 def _hms(seconds: float) -> str:
