@@ -56,6 +56,12 @@ class Servable:
     self.image_size = int(model.input_shape[1])
     self._preprocess_fn = preprocess_fn
     self._top_k = min(top_k, self.num_classes)
+    # One traced function for the network, which both signatures call: traced once,
+    # stored once in the SavedModel.
+    self._forward = tf.function(
+        lambda images: tf.cast(model(images, training=False), tf.float32),
+        input_signature=[tf.TensorSpec([None, self.image_size, self.image_size, 3],
+                                       tf.float32)])
 
   def _preprocess(self, image: tf.Tensor) -> tf.Tensor:
     out = tf.cast(self._preprocess_fn(image), tf.float32)
@@ -90,7 +96,7 @@ class Servable:
     c = self.num_classes
     # A Keras model refuses a batch of 0 (its shape checks), so it is not called then.
     logits = tf.cond(tf.size(index) > 0,
-                     lambda: tf.cast(self.model(images, training=False), tf.float32),
+                     lambda: self._forward(images),
                      lambda: tf.zeros([0, c], tf.float32))
     probabilities = tf.nn.softmax(logits, axis=-1)
     top_p, top_i = tf.math.top_k(probabilities, k=self._top_k)
