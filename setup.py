@@ -35,6 +35,8 @@ setuptools.setup(
         "scikit-learn>=1.3",
         "matplotlib>=3.7",
         "tensorboard>=2.16",
+        # Registers efficientnet's Keras layers when Keras loads (a TensorFlow dependency).
+        "wrapt>=1.14",
         # CRC32C of pseudo-label shards (their manifests), the checksum Cloud Storage
         # keeps for every object; a small C wheel (7 GB/s here) with a Python fallback.
         "google-crc32c>=1.5",
@@ -44,7 +46,13 @@ setuptools.setup(
         # with 2.77, beside TensorFlow 2.21; it brings protobuf 6.x (the core install
         # gets 7.x), which TensorFlow 2.21 accepts.
         "beam": BEAM,
-        "test": ["pytest>=8", "pillow>=10"] + BEAM,
+        # --export_format=tflite runs the written model with LiteRT before publishing it;
+        # the conversion itself is TensorFlow's. Optional: only that format needs it.
+        "tflite": ["ai-edge-litert>=2.3"],
+        # The tests run every engine (Beam, LiteRT) and build TF Serving's PredictRequest /
+        # PredictResponse protos.
+        "test": ["pytest>=8", "pillow>=10", "ai-edge-litert>=2.3",
+                 "tensorflow-serving-api>=2.21,<2.22"] + BEAM,
     },
     entry_points={
         "console_scripts": [

@@ -10,11 +10,14 @@
 
 See docs/efficientnet.md. The model table (`MODEL_NAMES`, `get_model_params`,
 `native_resolution`) is plain Python and loads without TensorFlow, so a command line
-can check a model name in milliseconds; the Keras parts load on first use. Any of them
-(e.g. `efficientnet.build_model`, or `import efficientnet.layers`) registers
-`StochasticDepth` with Keras, which `keras.models.load_model` needs for our `.keras` files.
+can check a model name in milliseconds; the Keras parts load on first use. The custom
+layers (`StochasticDepth`, `LinearResize`) are registered with Keras as soon as both this
+package and Keras are imported, in either order, so `import efficientnet` is all
+`keras.models.load_model` needs to open our `.keras` files.
 """
 import importlib
+
+import wrapt
 
 from efficientnet.params import MODEL_NAMES
 from efficientnet.params import ModelParams
@@ -24,6 +27,7 @@ from efficientnet.table import model_cost
 
 # Name -> module of the parts that import Keras (PEP 562: loaded on first access).
 _KERAS_PARTS = {
+    "LinearResize": "efficientnet.layers",
     "StochasticDepth": "efficientnet.layers",
     "build_model": "efficientnet.model",
     "from_keras_applications": "efficientnet.convert",
@@ -33,6 +37,15 @@ _KERAS_PARTS = {
 
 __all__ = ["MODEL_NAMES", "ModelParams", "get_model_params", "model_cost",
            "native_resolution", *_KERAS_PARTS]
+
+
+def _register_layers(_keras) -> None:
+  importlib.import_module("efficientnet.layers")  # Its decorators register the layers.
+
+
+# Runs now if Keras is loaded, else right after its import: registering needs Keras, and
+# importing Keras here would cost every command-line check seconds of TensorFlow start-up.
+wrapt.register_post_import_hook(_register_layers, "keras")
 
 
 def __getattr__(name: str):

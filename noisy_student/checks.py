@@ -190,8 +190,10 @@ def _paths(cfg: Config) -> List[str]:
     paths += [("output_dir", cfg.predict.output_dir or pseudo_label_dir(cfg))]
   elif mode in ("eval", "export"):
     paths += [("model_dir", t.model_dir)]
-    if mode == "eval":
+    if mode == "eval" or cfg.export.check_images:  # The export is checked on them.
       paths.append(("eval_data_dir", d.eval_data_dir))
+    if mode == "export" and cfg.export.export_format == "tflite" and cfg.export.tflite_int8:
+      paths.append(("label_data_dir", d.label_data_dir))  # int8 calibration.
   elif mode in config_lib.LOOP_MODES:
     paths += [("label_data_dir", d.label_data_dir), ("unlabel_data_dir", d.unlabel_data_dir),
               ("eval_data_dir", d.eval_data_dir)]

@@ -23,6 +23,7 @@ from noisy_student.settings import (at_least, distinct, each, greater, in_range,
                                     setting)
 
 MODES = ("train", "predict", "filter", "eval", "export", "pipeline", "ablate")
+EXPORT_FORMATS = ("saved_model", "keras", "tflite")
 LOOP_MODES = ("pipeline", "ablate")  # Modes that run the whole teacher -> student loop.
 STRATEGIES = ("auto", "default", "one_device", "mirrored", "multi_worker", "tpu")
 DTYPE_POLICIES = ("float32", "mixed_bfloat16", "mixed_float16")
@@ -361,11 +362,28 @@ class FilterConfig:
 
 @dataclasses.dataclass(frozen=True)
 class ExportConfig:
-  """The SavedModel for serving."""
+  """The exports for serving and devices (docs/usage.md "Serving")."""
+  export_format: str = setting(
+      "saved_model", "saved_model: for TF Serving and SavedModel hosts (image bytes or "
+      "uint8 in); keras: a .keras file (uint8 S x S in, eval preprocessing inside); "
+      "tflite: LiteRT files, float32 and with --tflite_int8 int8 (same input, batch 1).",
+      choices=EXPORT_FORMATS)
   export_dir: Optional[str] = setting(
-      None, "SavedModel destination; unset: <model_dir>/export.")
-  top_k: int = setting(5, "Class names returned per image by the export.",
+      None, "Destination of the numbered versions; unset: <model_dir>/export "
+      "(saved_model), <model_dir>/export-keras, <model_dir>/export-tflite.")
+  top_k: int = setting(5, "Class names returned per image by the SavedModel.",
                        check=at_least(1))
+  check_images: int = setting(
+      1000, "Images of --eval_data_dir each export is run on (by TF's session loader, "
+      "Keras or LiteRT) and compared with the Keras model before it is published; "
+      "the agreement goes to its check.json. 0: no check.", flag="export_check_images",
+      check=at_least(0))
+  tflite_int8: bool = setting(
+      True, "tflite: also an int8 post-training-quantized model, calibrated on "
+      "--export_calibration_images images of --label_data_dir.")
+  calibration_images: int = setting(
+      200, "tflite int8: labeled images (a seeded sample) the quantization is "
+      "calibrated on.", flag="export_calibration_images", check=greater(0))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -481,7 +499,7 @@ class Config:
   mode: str = setting(
       "pipeline", "train: a teacher (or a student with --unlabel_ratio > 0); predict: "
       "pseudo-label --unlabel_data_dir; filter: filter and balance them; eval: top-1/top-5 "
-      "on --eval_data_dir; export: a SavedModel for serving; pipeline: all of it, "
+      "on --eval_data_dir; export: a model for serving (--export_format); pipeline: all of it, "
       "resumable; ablate: the paper's ablations over seeds (see --ablations).",
       choices=MODES)
   student_model_names: Tuple[str, ...] = setting(

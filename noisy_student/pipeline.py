@@ -42,7 +42,6 @@ from noisy_student import robustness
 from noisy_student import teacher_check
 from noisy_student import train as train_lib
 from noisy_student.data import datasets
-from noisy_student.data import preprocess
 from noisy_student.results import (BalancedPseudoLabels, Evaluation, Exported, PseudoLabels,
                                    TeacherCheck, TrainedModel)
 from noisy_student.train import checkpoints
@@ -311,13 +310,15 @@ def finetune_model(ctx: Context, model: TrainedModel) -> TrainedModel:
 
 
 def export_model(ctx: Context, model: TrainedModel) -> Exported:
-  """SavedModel of `model` (EMA weights, eval preprocessing, its class names)."""
-  size, small = model.image_size, model.small_image
-  path = export_lib.export_saved_model(
-      ctx.load(model), ctx.cfg.export.export_dir or ctx.path("export"),
-      class_names=class_names_of(model), top_k=ctx.cfg.export.top_k,
-      preprocess_fn=lambda image: preprocess.preprocess_eval(image, size, small))
-  return Exported(export_path=path)
+  """`--export_format` of `model` (EMA weights, eval preprocessing, its class names),
+  checked on the eval images and, for int8 LiteRT, calibrated on the labeled ones."""
+  cfg = ctx.cfg.export
+  return export_lib.export(
+      ctx.load(model), cfg,
+      cfg.export_dir or ctx.path(export_lib.DEFAULT_DIRS[cfg.export_format]),
+      class_names=class_names_of(model), small_image=model.small_image,
+      eval_source=ctx.source("eval") if cfg.check_images else None,
+      label_source=ctx.source("label") if export_lib.needs_labeled_images(cfg) else None)
 
 
 # Settings that change how fast, how often or where, never what a phase produces; and the

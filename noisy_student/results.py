@@ -91,8 +91,11 @@ class Evaluation(Result):
 
 @dataclasses.dataclass(frozen=True)
 class Exported(Result):
-  """The SavedModel for serving."""
+  """An export for serving: its version directory, format and what its check measured
+  (noisy_student/export/check.py; per LiteRT variant for tflite; empty: unchecked)."""
   export_path: str
+  export_format: str = "saved_model"
+  check: Dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)

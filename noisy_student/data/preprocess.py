@@ -113,21 +113,29 @@ def decode_or_skip(ds: tf.data.Dataset, counter: Optional[SkipCounter] = None,
   return ds.map(lambda r, ok: r)
 
 
+EVAL_RESIZE_METHOD = "bicubic"  # The original's; the deployable export follows it.
+
+
 def _resize(image: tf.Tensor, image_size: int) -> tf.Tensor:
   """Bicubic resize to `[S, S]`, clipped back to 0..255 (bicubic overshoots)."""
   out = tf.image.resize(tf.cast(image, tf.float32), [image_size, image_size],
-                        method="bicubic")
+                        method=EVAL_RESIZE_METHOD)
   return tf.clip_by_value(out, 0.0, 255.0)
+
+
+def center_crop_window(h, w, image_size: int):
+  """(top, left, crop): the original eval crop's square, centre S/(S+32) of the shorter
+  side, of an h x w image (ints or int32 tensors; the deployable export reuses it)."""
+  crop = tf.cast(image_size / (image_size + CROP_PADDING)
+                 * tf.cast(tf.minimum(h, w), tf.float32), tf.int32)
+  crop = tf.maximum(crop, 1)
+  return (h - crop + 1) // 2, (w - crop + 1) // 2, crop
 
 
 def center_crop(image: tf.Tensor, image_size: int) -> tf.Tensor:
   """The original eval crop: centre S/(S+32) of the shorter side, then bicubic resize."""
   shape = tf.shape(image)
-  h, w = shape[0], shape[1]
-  crop = tf.cast(image_size / (image_size + CROP_PADDING)
-                 * tf.cast(tf.minimum(h, w), tf.float32), tf.int32)
-  crop = tf.maximum(crop, 1)
-  top, left = (h - crop + 1) // 2, (w - crop + 1) // 2
+  top, left, crop = center_crop_window(shape[0], shape[1], image_size)
   return _resize(image[top:top + crop, left:left + crop], image_size)
 
 
