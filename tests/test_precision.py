@@ -16,11 +16,13 @@ pytestmark = pytest.mark.accelerator
 CFG = TrainConfig(unlabel_ratio=1.0, weight_decay=1e-4, optimizer="sgd")
 RUN = dict(num_steps=20, batch_size=16, learning_rate=0.002)  # 16 + 16 images per step.
 # Relative differences from float32 that the tests allow: (first step's loss, from the
-# same weights; mean loss of the last 5 of 20 steps). Measured on this CPU: bfloat16
-# (8 significant bits) 0.16% and 0.6%, float16 (11 bits) 0.002% and 0.3%. Per step, the
-# runs part ways early (up to 25% at step 3 in bfloat16: from a random start, the loss
-# falls fast and small differences grow) and join again as the loss flattens.
-TOLERANCE = {"mixed_bfloat16": (1e-2, 3e-2), "mixed_float16": (1e-3, 3e-2)}
+# same weights; mean loss of the last 5 of 20 steps). Measured: bfloat16 (8 significant
+# bits, epsilon 0.8%) 0.16% and 0.6%; float16 (11 bits, epsilon 0.1%) 0.002% and 0.3% on
+# one CPU, 0.11% on the first step on another whose oneDNN has no float16 kernels (the
+# log says it falls back to Eigen's): the first step is allowed 3 float16 epsilons. Per
+# step, the runs part ways early (up to 25% at step 3 in bfloat16: from a random start,
+# the loss falls fast and small differences grow) and join again as the loss flattens.
+TOLERANCE = {"mixed_bfloat16": (1e-2, 3e-2), "mixed_float16": (3e-3, 3e-2)}
 
 
 def assert_tracks_float32(run, reference, policy):
