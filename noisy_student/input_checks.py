@@ -9,6 +9,7 @@ in seconds instead.
 from __future__ import annotations
 
 import json
+import re
 from typing import List, Optional, Sequence
 
 import tensorflow as tf
@@ -53,6 +54,12 @@ def check(ctx: Context) -> None:
                  cfg.train.teacher_model_path)
 
 
+def _op_message(e: tf.errors.OpError) -> str:
+  """A TensorFlow op error's own words, without the function and op names around them."""
+  text = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", e.message.splitlines()[0])
+  return re.sub(r"\s*\[Op:\w+\]\s*$", "", text)
+
+
 def check_decodable(source, flag: str, sample: int = SAMPLE) -> None:
   """Refuses a source none of whose first `sample` images decodes."""
   tried, first_error = 0, None
@@ -64,7 +71,7 @@ def check_decodable(source, flag: str, sample: int = SAMPLE) -> None:
     except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError) as e:
       if first_error is None:
         rid = record["id"].numpy().decode("utf-8", "replace")
-        first_error = f"{rid}: {e.message.splitlines()[0][:80]}"
+        first_error = f"{rid}: {_op_message(e)[:80]}"
   if tried:
     raise ValueError(f"--{flag}={source.spec}: none of its first {tried} images decodes "
                      f"({tried} skipped, e.g. {first_error}); give JPEG / PNG / BMP / GIF "

@@ -92,7 +92,8 @@ class Watch:
 
   def stop(self, step: int, what: str, last_checkpoint: Optional[str]) -> None:
     """Records the divergence (chief) and raises faults.Diverged."""
-    kept = (f"the last finite checkpoint {last_checkpoint.rsplit('/', 1)[-1]} is kept"
+    kept = (f"the last checkpoint with finite weights ({last_checkpoint.rsplit('/', 1)[-1]}) "
+            "is kept"
             if last_checkpoint else "no checkpoint was saved")
     message = (f"training in {self.model_dir} diverged at step {step}: {what}; {self.hint}"
                f"; {kept} and nothing downstream runs on this model")
