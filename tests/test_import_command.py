@@ -245,7 +245,8 @@ def test_the_imported_model_evaluates_exports_predicts_and_teaches(tmp_path):
                         "--outdir", str(tmp_path / "served")],
                        env=ENV, capture_output=True, text=True, timeout=300)
   assert run.returncode == 0, run.stderr[-2000:]
-  served = {os.path.basename(p)[:-4]: np.load(p)
+  # The class names are string outputs, which saved_model_cli writes as object arrays.
+  served = {os.path.basename(p)[:-4]: np.load(p, allow_pickle=True)
             for p in tf.io.gfile.glob(str(tmp_path / "served" / "*.npy"))}
-  probabilities = [v for k, v in served.items() if k.startswith("prob")][0]
-  np.testing.assert_allclose(probabilities, expected, rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(served["probabilities"], expected, rtol=1e-4, atol=1e-5)
+  assert served["valid"].tolist() == [True]
