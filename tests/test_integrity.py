@@ -142,3 +142,20 @@ def test_a_folder_of_undecodable_files_is_an_error_naming_it_and_the_count(tmp_p
                      "images decodes \\(5 skipped as corrupt\\)"):
     predict_lib.predict(_Teacher(), source, cfg, image_size=8, batch_size=4, teacher_id="t")
   assert fmt.list_manifests(str(tmp_path / "pseudo")) == []  # Redone after a fix.
+
+
+def test_a_shard_remade_at_the_same_size_and_mtime_is_checked_again(tmp_path):
+  """A checksum is remembered per file version: a shard re-made by rename within one tick
+  of the clock (same size, same mtime) is read again, not taken from the memory."""
+  path, staged = str(tmp_path / "train-00000-of-00001"), str(tmp_path / "staged")
+  versions = []
+  for fill in (b"a", b"b"):
+    with open(staged, "wb") as f:
+      f.write(fill * 64)
+    if versions:  # The first version's mtime, as a rewrite within one tick gets.
+      os.utime(staged, ns=(versions[0].st_atime_ns, versions[0].st_mtime_ns))
+    manifest = {"size_bytes": 64, "crc32c": checksum.compute(staged)[1]}
+    os.replace(staged, path)
+    versions.append(os.stat(path))
+    assert integrity.shard_problem(path, manifest) is None
+  assert versions[0].st_mtime_ns == versions[1].st_mtime_ns

@@ -5,7 +5,8 @@ re-makes them.
 Expected shards follow from the fingerprint (num_workers x num_shards) and the shard
 prefix of any manifest or worker count file in the directory. Manifests older than
 version 3 have no checksum: their sizes are verified and a warning says so. A checksum
-is computed once per file version in a process (keyed by path, size and mtime), so the
+is computed once per file version in a process (keyed by path, size and the file's
+version: inode and times locally, mtime on gs://), so the
 pipeline's check and the student's reader do not read the bytes twice.
 """
 from __future__ import annotations
@@ -24,7 +25,10 @@ from tfrecords import format as fmt
 _SHARD_RE = re.compile(r"^(?P<prefix>.+?)-(?:w(?P<w>\d{5})-of-\d{5}-)?\d{5}-of-\d{5}$")
 _COUNT_RE = re.compile(r"^_(?P<prefix>.+)-worker-(?P<w>\d{5})-of-(?P<n>\d{5})"
                        + re.escape(fmt.COUNT_SUFFIX) + "$")
-_CHECKED: Dict[Tuple[str, int, int], str] = {}  # (path, size, mtime) -> crc32c hex.
+# (path, size, version) -> crc32c hex; the version is the inode and ctime of a local file
+# (a shard re-made by rename is a new inode, even within one tick of the clock, which
+# mtime alone does not tell at the same size) and the mtime of a gs:// object.
+_CHECKED: Dict[Tuple[str, int, Tuple[int, ...]], str] = {}
 
 
 class DamagedShards(ValueError):
@@ -71,9 +75,15 @@ def expected_shards(directory: str, prefix: str, fingerprint: Mapping[str, Any])
           for w in range(workers) for k in range(shards)]
 
 
+def _version(path: str) -> Tuple[int, ...]:
+  if "://" not in path:
+    st = os.stat(path)
+    return (st.st_ino, st.st_ctime_ns, st.st_mtime_ns)
+  return (int(getattr(tf.io.gfile.stat(path), "mtime_nsec", 0)),)
+
+
 def _crc_of(path: str, size: int) -> str:
-  stat = tf.io.gfile.stat(path)
-  key = (path, size, int(getattr(stat, "mtime_nsec", 0)))
+  key = (path, size, _version(path))
   if key not in _CHECKED:
     _CHECKED[key] = checksum.of_file(path)[1]
   return _CHECKED[key]
