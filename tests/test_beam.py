@@ -319,7 +319,8 @@ def test_a_failed_bundle_is_retried_without_duplicates(teacher, image_source, tm
 
 def test_the_pipelines_predict_phase_runs_on_the_runner(teacher, image_source, tmp_path):
   """--mode=pipeline's predict phase with --runner: the Beam job; the balance phase after
-  it (as today) computes the very plan the job wrote."""
+  it (as today) computes the very plan the job wrote, the adaptive threshold and the
+  mean-count target resolved alike from the same histograms."""
   from noisy_student import config as config_lib  # pylint: disable=g-import-not-at-top
   from noisy_student import context, pipeline  # pylint: disable=g-import-not-at-top
   cfg = config_lib.Config(
@@ -327,7 +328,7 @@ def test_the_pipelines_predict_phase_runs_on_the_runner(teacher, image_source, t
       data=DataConfig(unlabel_data_dir=image_source.spec, seed=3),
       eval=config_lib.EvalConfig(eval_batch_size=8),
       predict=PredictConfig(num_shards=2, runner="DirectRunner", beam_options=NO_PRISM),
-      filter=FilterConfig(min_threshold=0.25, num_image=4))
+      filter=FilterConfig(min_threshold=0.25, num_image=-1, adaptive_threshold="mean"))
   ctx = context.Context(cfg)
   out = ctx.path("pseudo_1")
   pseudo = pipeline.predict_pseudo_labels(ctx, context.trained_model_of(teacher), out)
@@ -335,7 +336,11 @@ def test_the_pipelines_predict_phase_runs_on_the_runner(teacher, image_source, t
   written_by_beam = _json(f"{out}/{plan_lib.PLAN_NAME}")
   balanced = pipeline.balance_pseudo_labels(ctx, out)
   assert _json(balanced.plan_path) == written_by_beam
-  assert written_by_beam["seed"] == 3 and written_by_beam["num_image"] == 4
+  assert written_by_beam["seed"] == 3 and written_by_beam["num_image"] >= 1
+  assert written_by_beam["asked"] == {"min_threshold": 0.25, "num_image": -1,
+                                      "adaptive_threshold": "mean"}
+  assert written_by_beam["min_threshold"] == pytest.approx(
+      max(0.25, written_by_beam["pool_mean_confidence"]), abs=1e-6)
 
 
 @pytest.mark.slow
