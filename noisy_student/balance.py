@@ -293,14 +293,13 @@ def balance(pseudo_dir: str, filter_cfg: FilterConfig, *, output_dir: Optional[s
     logging.info("balance: the pool's mean confidence is %.4f; threshold %.4f, target %d "
                  "per class", mean_confidence(hist), filter_cfg.min_threshold,
                  filter_cfg.num_image)
+  num_bins, digest = manifests[0]["num_bins"], manifests[0]["fingerprint_digest"]
   if filter_cfg.exact_topk:
-    mode, entries = "exact", exact_plan(reader.resolve_shards(pseudo_dir), num_classes,
-                                        filter_cfg, seed)
-  else:
-    mode, entries = "histogram", histogram_plan(hist, filter_cfg)
-  plan = make_plan(mode, entries, filter_cfg, seed, manifests[0]["num_bins"],
-                   manifests[0]["fingerprint_digest"], asked=asked,
-                   pool_mean=mean_confidence(hist))
+    entries = exact_plan(reader.resolve_shards(pseudo_dir), num_classes, filter_cfg, seed)
+    plan = make_plan("exact", entries, filter_cfg, seed, num_bins, digest, asked=asked,
+                     pool_mean=mean_confidence(hist))
+  else:  # The plan a Beam job makes from the same histograms (beam/combiners.py).
+    plan = resolved_plan(hist, asked, seed, num_bins, digest)
   out = (output_dir or pseudo_dir).rstrip("/")
   tf.io.gfile.makedirs(out)
   plan_path = f"{out}/{plan_lib.PLAN_NAME}"

@@ -239,20 +239,20 @@ def _init_model(cfg: Config) -> List[str]:
   try:
     with open(build, encoding="utf-8") as f:
       theirs = json.load(f)["model"]
-    source = _network(theirs["model_name"], theirs.get("width_coefficient"),
-                      theirs.get("depth_coefficient"))
+    init_net = _network(theirs["model_name"], theirs.get("width_coefficient"),
+                        theirs.get("depth_coefficient"))
   except (OSError, ValueError, KeyError):
     return []
   names = [("model_name", m.model_name)]
   if cfg.mode in config_lib.LOOP_MODES:
     names += [("student_model_names", n) for n in cfg.student_model_names]
   return [f"--{flag}={name} (width {w:g}, depth {d:g}) would start from --init_model_path="
-          f"{path}, a {theirs['model_name']} (width {source[0]:g}, depth {source[1]:g}); "
+          f"{path}, a {theirs['model_name']} (width {init_net[0]:g}, depth {init_net[1]:g}); "
           "every model this run trains starts from it: use that network (set "
           "--width_coefficient / --depth_coefficient to match) or drop the flag"
           for flag, name in names if name in efficientnet.MODEL_NAMES
           for w, d in [_network(name, m.width_coefficient, m.depth_coefficient)]
-          if (w, d) != source]
+          if (w, d) != init_net]
 
 
 def pseudo_label_dir(cfg: Config) -> str:
@@ -269,8 +269,7 @@ def _beam(cfg: Config) -> List[str]:
   if cfg.mode not in ("predict",) + config_lib.LOOP_MODES:
     return [f"--runner={runner} runs predict on Beam; --mode={cfg.mode} has no predict "
             "phase (use --mode=predict or --mode=pipeline)"]
-  f = cfg.filter
-  if f.exact_topk and (f.adaptive_threshold != "none" or f.num_image < 0):
+  if cfg.filter.exact_topk and cfg.filter.resolved_from_pool():
     return [f"--runner={runner} with --exact_topk takes a fixed --min_threshold and "
             "--num_image >= 0 (not --adaptive_threshold / --num_image=-1); drop "
             "--exact_topk (the histogram plan resolves them)"]

@@ -359,6 +359,11 @@ class FilterConfig:
   upsample: bool = setting(True, "Duplicate classes short of --num_image.")
   exact_topk: bool = setting(False, "Exact per-class top-K (records must fit in memory).")
 
+  def resolved_from_pool(self) -> bool:
+    """Whether the threshold or the target is decided by the pool's own histograms
+    (balance.resolve): --adaptive_threshold or --num_image=-1."""
+    return self.adaptive_threshold != "none" or self.num_image < 0
+
 
 @dataclasses.dataclass(frozen=True)
 class ExportConfig:

@@ -171,7 +171,7 @@ def balance_plan(manifests: beam.PCollection, small: beam.PCollection, cfg: Filt
       HistogramFn(num_classes, num_bins))
   if not cfg.exact_topk:  # The adaptive settings resolved from the same histograms.
     return hist | "Plan" >> beam.Map(balance_lib.resolved_plan, cfg, seed, num_bins, digest)
-  if cfg.adaptive_threshold != "none" or cfg.num_image < 0:
+  if cfg.resolved_from_pool():  # checks.py refuses the flags; this guards the API.
     raise ValueError("--exact_topk with --runner takes a fixed --min_threshold and "
                      "--num_image >= 0 (not --adaptive_threshold / --num_image=-1)")
   entries = (small | "AboveThreshold" >> beam.FlatMap(by_class, cfg.min_threshold)
