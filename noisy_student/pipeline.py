@@ -323,8 +323,9 @@ def export_model(ctx: Context, model: TrainedModel) -> Exported:
 
 # Settings that change how fast, how often or where, never what a phase produces; and the
 # ones each phase receives separately (a student's ratio, a phase's directory).
-_NOT_IN_FINGERPRINT = ("model_dir", "log_every_n_steps", "divergence_factor", "save_checkpoints_steps",
-                       "keep_checkpoint_max", "iterations_per_loop", "pseudo_label_dir",
+_NOT_IN_FINGERPRINT = ("model_dir", "log_every_n_steps", "divergence_factor",
+                       "save_checkpoints_steps", "keep_checkpoint_max",
+                       "iterations_per_loop", "pseudo_label_dir",
                        "teacher_model_path", "teacher_model_name", "unlabel_ratio")
 
 

@@ -206,8 +206,8 @@ def predict(teacher_path: str, source: Source, predict_cfg: PredictConfig, *,
 
   Args mean what they mean for `noisy_student.predict.predict` (the teacher given by
   its path: each worker loads it; `teacher_id` and `teacher_aliases` as there, so the
-  in-process predict and a Beam job resume each other's shards); `distribute_cfg`: --strategy / --jit_compile, resolved
-  on each worker. Returns a BeamSummary. Raises ValueError on an output_dir written with
+  in-process predict and a Beam job resume each other's shards); `distribute_cfg`:
+  --strategy / --jit_compile, resolved on each worker. Returns a BeamSummary. Raises ValueError on an output_dir written with
   other flags or a source the job cannot split; RuntimeError when the job fails.
   """
   cfg = predict_cfg
