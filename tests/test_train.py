@@ -170,7 +170,7 @@ def test_nan_loss_stops_without_touching_the_last_checkpoint(teacher_run, tmp_pa
   before = open(latest + ".index", "rb").read()
   nan_images = tf.data.Dataset.from_tensor_slices(
       (tf.fill([32, 32, 32, 3], float("nan")), tf.zeros([32], tf.int64)))
-  with pytest.raises(faults.Diverged, match="step 31: loss nan is not finite.*ckpt-30 is kept"):
+  with pytest.raises(faults.Diverged, match=r"step 31: loss nan is not finite.*\(ckpt-30\) is kept"):
     train(MODEL, DATA, _cfg(model_dir, train_steps=40), DistributeConfig("default"),
           labeled_source=nan_images)
   assert tf.train.latest_checkpoint(model_dir) == latest
