@@ -86,25 +86,31 @@ def static_batch_size(batch_size: int, strategy: tf.distribute.Strategy) -> int:
 
 
 def pad_batches(dataset: tf.data.Dataset, batch_size: int) -> tf.data.Dataset:
-  """Batches of at most `batch_size` -> (images, labels int32, valid bool) of exactly
-  `batch_size` rows, whatever the dataset's last batch holds.
+  """Batches of at most `batch_size` -> (images, labels int32, valid bool, *extra) of
+  exactly `batch_size` rows, whatever the dataset's last batch holds.
 
   A compiled step then sees one shape (XLA and TPUs need static shapes; a partial last
   batch would otherwise be traced and compiled again), and no replica ever gets an
   empty batch. Padding rows are black images with label -1 and valid False: steps give
-  them weight 0, so the sums equal those over the unpadded batches.
+  them weight 0, so the sums equal those over the unpadded batches. Elements may carry
+  more per-row int tensors after `(images, labels)` (e.g. which robustness pass a row
+  belongs to): they are padded with 0 and passed on after `valid`.
   """
-  def pad(images, labels):
+  def pad_rows(tensor, extra, value=0):
+    padded = tf.pad(tensor, [[0, extra]] + [[0, 0]] * (tensor.shape.rank - 1),
+                    constant_values=value)
+    return tf.ensure_shape(padded, [batch_size, *tensor.shape[1:]])
+
+  def pad(images, labels, *more):
     rows = tf.shape(images)[0]
     extra = batch_size - rows
     with tf.control_dependencies([tf.debugging.assert_non_negative(
         extra, message=f"a batch holds more than batch_size={batch_size} rows")]):
-      images = tf.pad(images, [[0, extra]] + [[0, 0]] * (images.shape.rank - 1))
-    labels = tf.pad(tf.cast(tf.reshape(labels, [-1]), tf.int32), [[0, extra]],
-                    constant_values=-1)
+      images = pad_rows(images, extra)
+    labels = pad_rows(tf.cast(tf.reshape(labels, [-1]), tf.int32), extra, -1)
     valid = tf.range(batch_size) < rows
-    images = tf.ensure_shape(images, [batch_size, *images.shape[1:]])
-    return images, tf.ensure_shape(labels, [batch_size]), valid
+    return (images, labels, valid, *(pad_rows(m, extra) for m in more))
+
   @tf.autograph.experimental.do_not_convert  # Plain ops.
   def pad_element(*batch):
     return pad(*as_pair(batch[0] if len(batch) == 1 else batch))

@@ -19,6 +19,7 @@ from noisy_student import phases
 from noisy_student import context
 from noisy_student import pipeline
 from noisy_student import robustness
+from noisy_student.robustness import runner
 from noisy_student.train import checkpoints
 
 SMALL = config_lib.RobustnessConfig(
@@ -115,6 +116,31 @@ def test_corrupted_images_do_not_depend_on_the_batch_size():
           reports[0]["perturbations"][p]["flip_probability"], abs=1e-9)
   # The noise is real: it changes the predictions of some images.
   assert reports[0]["corruptions"]["gaussian_noise"]["errors"] != [reports[0]["clean_error"]]
+
+
+def test_fused_corruption_passes_match_each_pass_on_its_own():
+  """All corruption passes run as one pipeline; each pass's error equals that of the
+  pass computed on its own, chunk by chunk with that pass's seeds (37 images: a partial
+  last chunk; unlabeled rows count in the chunking but not in the errors)."""
+  cfg = dataclasses.replace(SMALL, corruptions=("gaussian_noise", "contrast", "zoom_blur"),
+                            severities=(2, 5), perturbations=(), fgsm_epsilons=())
+  model = _conv_model()
+  ds, labels = _data(n=37, batch=8, unlabeled=3)
+  report = robustness.evaluate_robustness(model, ds, cfg, image_size=16, seed=4)
+  images = np.concatenate([x.numpy() for x, _ in ds])
+  chunk = runner.SEED_CHUNK
+  for c in cfg.corruptions:
+    expected = []
+    for severity in cfg.severities:
+      corrupted = np.concatenate([robustness.corrupt(
+          tf.constant(images[i:i + chunk]), c, severity,
+          runner._seed(4, f"{c}/{severity}", i // chunk)).numpy()
+          for i in range(0, len(images), chunk)])
+      predicted = np.argmax(model.predict(corrupted, verbose=0), axis=-1)
+      keep = labels >= 0
+      expected.append(1.0 - np.mean(predicted[keep] == labels[keep]))
+    assert report["corruptions"][c]["errors"] == pytest.approx(expected, abs=1e-9), c
+  assert len(set(report["corruptions"]["gaussian_noise"]["errors"])) > 1
 
 
 def test_two_replicas_match_one_device():

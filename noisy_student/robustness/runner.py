@@ -1,9 +1,13 @@
 """Runs the robustness passes of one model over a batched eval dataset.
 
-Each corruption and severity is a `map` over the clean eval images (parallel) feeding one
-compiled step (XLA with --jit_compile; batches padded to one static size, so each step
-is traced once for all passes) that counts top-1 hits on every replica of a
-tf.distribute strategy. The randomness is drawn per chunk of SEED_CHUNK images, seeded
+Every corruption at every severity is one pass over the clean eval images, and all of
+them run as one tf.data pipeline: each chunk of images is tagged with its pass, corrupted
+by that pass's branch of one `tf.switch_case` (a parallel `map`), and fed to one compiled
+step (XLA with --jit_compile; batches padded to one static size, so it is traced once)
+that counts top-1 hits per pass on every replica of a tf.distribute strategy. One
+pipeline, not one per pass: on the demo's 500 images at 32 px, building and starting a
+pipeline per pass cost about as much as the passes themselves (75 passes, 41 s per model
+in all; fused: see `benchmarks/bench_robustness.py`). The randomness is drawn per chunk of SEED_CHUNK images, seeded
 by the chunk's index, so every run sees the same corrupted images whatever its eval
 batch size or strategy: a baseline report made on another machine is comparable. Perturbation sequences are made the same
 way, in batches of videos sized so that videos x frames stays near the eval batch size.
@@ -54,20 +58,27 @@ def settings_of(cfg: config_lib.RobustnessConfig, seed: int = 0) -> Dict[str, An
           "sampling_version": SAMPLING_VERSION}
 
 
+def _seed_base(seed: int, what: str) -> int:
+  """The first half of every stateless seed of pass `what` (stable across runs)."""
+  return seed * 1_000_003 + zlib.crc32(what.encode())
+
+
 def _seed(seed: int, what: str, index) -> tf.Tensor:
-  """The stateless seed of chunk `index` of pass `what` (stable across runs)."""
-  return tf.stack([tf.constant(seed * 1_000_003 + zlib.crc32(what.encode()), tf.int64),
-                   tf.cast(index, tf.int64)])
+  """The stateless seed of chunk `index` of pass `what`."""
+  return tf.stack([tf.constant(_seed_base(seed, what), tf.int64), tf.cast(index, tf.int64)])
 
 
-def _count_step(model: keras.Model):
-  """Batch -> {"images": labeled count, "correct": top-1 hits}; padding rows and label
-  -1 are skipped."""
-  def step(images, labels, valid):
+def _count_step(model: keras.Model, num_passes: int):
+  """Batch -> {"images": labeled count, "rows": count with unlabeled rows, "pass_images"
+  and "pass_correct": labeled count and top-1 hits per pass}; padding rows are skipped,
+  and so are rows of label -1 but in "rows"."""
+  def step(images, labels, valid, passes):
     predicted = tf.argmax(evaluate.logits_of(model, images), axis=-1, output_type=tf.int32)
-    keep = tf.logical_and(valid, labels >= 0)
-    return {"images": evaluate.count(keep),
-            "correct": evaluate.count(tf.logical_and(keep, tf.equal(predicted, labels)))}
+    keep = tf.cast(tf.logical_and(valid, labels >= 0), tf.int32)
+    correct = keep * tf.cast(tf.equal(predicted, labels), tf.int32)
+    return {"images": tf.reduce_sum(keep), "rows": evaluate.count(valid),
+            "pass_images": tf.math.unsorted_segment_sum(keep, passes, num_passes),
+            "pass_correct": tf.math.unsorted_segment_sum(correct, passes, num_passes)}
   return step
 
 
@@ -93,9 +104,10 @@ def _flip_step(model: keras.Model):
 class _Passes:
   """The compiled steps of one model and the loop that feeds them."""
 
-  def __init__(self, model, strategy, epsilons, jit_compile: bool):
+  def __init__(self, model, strategy, epsilons, num_passes: int, jit_compile: bool):
     self.strategy = strategy
-    self.count = evaluate.summed_step(_count_step(model), strategy, jit_compile)
+    self.count = evaluate.summed_step(_count_step(model, max(num_passes, 1)), strategy,
+                                      jit_compile)
     self.flips = evaluate.summed_step(_flip_step(model), strategy, jit_compile)
     self.fgsm = evaluate.summed_step(fgsm.make_step(model, epsilons), strategy, jit_compile)
 
@@ -110,9 +122,11 @@ class _Passes:
                  int(sums["images"]), seconds, int(sums["images"]) / max(seconds, 1e-9))
     return sums
 
-  def error(self, dataset, what: str, batch_size: int) -> float:
+  def errors(self, dataset, what: str, batch_size: int) -> list:
+    """Top-1 error of every pass that `dataset` (rows tagged with their pass) holds."""
     sums = self.run(self.count, dataset, what, batch_size)
-    return 1.0 - float(sums["correct"]) / float(sums["images"])
+    return [1.0 - float(c) / float(n) for c, n in zip(sums["pass_correct"],
+                                                        sums["pass_images"])]
 
 
 def _as_pairs(dataset: tf.data.Dataset) -> tf.data.Dataset:
@@ -139,10 +153,37 @@ def _seeded_chunks(ds, what: str, seed: int, fn, out_batch: int):
           .unbatch().batch(out_batch).prefetch(AUTOTUNE))
 
 
-def _corrupted(ds, name: str, severity: int, seed: int, batch_size: int):
-  return _seeded_chunks(
-      ds, f"{name}/{severity}", seed,
-      lambda images, s: corruptions.corrupt(images, name, severity, s), batch_size)
+def _tagged(ds, pass_index: int = 0):
+  """(images, labels) -> (images, labels, pass_index per row)."""
+  return ds.map(lambda images, labels: (
+      images, labels, tf.fill(tf.shape(labels)[:1], tf.constant(pass_index, tf.int32))))
+
+
+def _corrupted(ds, passes, num_images: int, seed: int, batch_size: int):
+  """Every (corruption, severity) of `passes` applied to the images of `ds`, one pass
+  after the other, as one dataset of (images, labels, pass index) batches.
+
+  Chunk i of pass p is corrupted with the seed of ("<name>/<severity>", i), as a pipeline
+  of its own per pass would: the same images whatever the batch size.
+  """
+  if not passes:
+    return None
+  chunks_per_pass = -(-num_images // SEED_CHUNK)
+  bases = tf.constant([_seed_base(seed, f"{name}/{severity}") for name, severity in passes],
+                      tf.int64)
+  branches = [lambda images, s, n=name, v=severity: corruptions.corrupt(images, n, v, s)
+              for name, severity in passes]
+
+  def apply(index, chunk):
+    images, labels = chunk
+    pass_index = tf.cast(index // chunks_per_pass, tf.int32)
+    seed_pair = tf.stack([tf.gather(bases, pass_index), index % chunks_per_pass])
+    corrupted = tf.switch_case(pass_index, [
+        lambda fn=fn: fn(images, seed_pair) for fn in branches])
+    return corrupted, labels, tf.fill(tf.shape(labels), pass_index)
+  return (ds.unbatch().batch(SEED_CHUNK).repeat(len(passes)).enumerate()
+          .map(apply, num_parallel_calls=AUTOTUNE)
+          .unbatch().batch(batch_size).prefetch(AUTOTUNE))
 
 
 def _videos_per_batch(frames: int, batch_size: int) -> int:
@@ -194,29 +235,35 @@ def evaluate_robustness(model: keras.Model, dataset: tf.data.Dataset,
   batch_size = batch_size or evaluate.first_batch_size(dataset)
   if batch_size is None:
     raise ValueError("robustness: the eval data holds no labeled image")
+  if cfg.max_images:  # Padding 200 images to a batch of 500 would waste 60% of every pass.
+    batch_size = min(batch_size, int(cfg.max_images))
   ds = _pairs(dataset, cfg.max_images, batch_size)
-  passes = _Passes(model, strategy, settings["fgsm_epsilons"], jit_compile)
-  clean = passes.run(passes.count, ds, "clean", batch_size)
-  if int(clean["images"]) * image_size * image_size * 3 * 4 <= CACHE_BYTES:
+  passes = [(c, s) for c in settings["corruptions"] for s in settings["severities"]]
+  steps = _Passes(model, strategy, settings["fgsm_epsilons"], len(passes), jit_compile)
+  clean = steps.run(steps.count, _tagged(ds), "clean", batch_size)
+  num_images = int(clean["images"])
+  if num_images * image_size * image_size * 3 * 4 <= CACHE_BYTES:
     ds = ds.cache()
   result = {"name": name, "image_size": int(image_size), "settings": settings,
-            "num_images": int(clean["images"]),
-            "clean_error": 1.0 - float(clean["correct"]) / float(clean["images"]),
+            "num_images": num_images,
+            "clean_error": 1.0 - float(clean["pass_correct"][0]) / num_images,
             "corruptions": {}, "perturbations": {}}
-  for c in settings["corruptions"]:
-    errors = [passes.error(_corrupted(ds, c, s, seed, batch_size), f"{c} severity {s}",
-                           batch_size) for s in settings["severities"]]
-    result["corruptions"][c] = {"category": corruptions.CORRUPTIONS[c].category,
-                                "errors": errors, "mean_error": sum(errors) / len(errors)}
+  if passes:
+    errors = steps.errors(_corrupted(ds, passes, int(clean["rows"]), seed, batch_size),
+                          f"{len(passes)} corruption passes", batch_size)
+    for c in settings["corruptions"]:
+      mine = [e for (corruption, _), e in zip(passes, errors) if corruption == c]
+      result["corruptions"][c] = {"category": corruptions.CORRUPTIONS[c].category,
+                                  "errors": mine, "mean_error": sum(mine) / len(mine)}
   frames = settings["perturbation_frames"]
   for p in settings["perturbations"]:
-    sums = passes.run(passes.flips, _videos(ds, p, frames, batch_size, seed), p,
-                      _videos_per_batch(frames, batch_size))
+    sums = steps.run(steps.flips, _videos(ds, p, frames, batch_size, seed), p,
+                     _videos_per_batch(frames, batch_size))
     key = "vs_first" if perturbations.PERTURBATIONS[p].noise else "vs_previous"
     result["perturbations"][p] = {"flip_probability": float(sums[key]) / int(sums["videos"])}
   result["fgsm"] = {"epsilons": settings["fgsm_epsilons"], "accuracy": []}
   if settings["fgsm_epsilons"]:
-    sums = passes.run(passes.fgsm, ds, "fgsm", batch_size)
+    sums = steps.run(steps.fgsm, ds, "fgsm", batch_size)
     result["fgsm"]["accuracy"] = [float(c) / int(sums["images"]) for c in sums["correct"]]
   result["seconds"] = round(time.time() - start, 1)
   metrics.normalise(result, baseline)
