@@ -39,13 +39,21 @@ VIEWS: Dict[str, Callable[[tf.Tensor], tf.Tensor]] = {
 }
 
 
+def teacher_of(model_dir: str) -> Dict:
+  """The finished teacher phase's result of the run in model_dir, paths resolved."""
+  from noisy_student import phases  # pylint: disable=g-import-not-at-top
+  marker = phases.Markers(model_dir).get("teacher")
+  if marker is None:
+    raise SystemExit(f"{model_dir}: no finished teacher (phases/teacher.json)")
+  return marker["result"]
+
+
 def teacher_logits(model_dir: str, unlabeled: str, views: List[str],
                    batch_size: int = 500) -> Tuple[List[str], Dict[str, np.ndarray]]:
   """(image paths, {"plain" and each view: logits [N, C]}) of the run's teacher."""
   from noisy_student import train as train_lib  # pylint: disable=g-import-not-at-top
   from noisy_student.predict import run as predict_run  # pylint: disable=g-import-not-at-top
-  with open(os.path.join(model_dir, "phases", "teacher.json")) as f:
-    teacher = json.load(f)["result"]
+  teacher = teacher_of(model_dir)
   model = train_lib.load_for_inference(teacher["path"])
   pre = predict_run.default_preprocess(teacher["image_size"], teacher["small_image"])
   paths = sorted(os.path.join(unlabeled, n) for n in os.listdir(unlabeled))

@@ -47,16 +47,16 @@ def relative_path(path: str, base: str) -> str:
   return posixpath.relpath(p, b) if fs == base_fs else path
 
 
-def _rebase(value: Any, old: str, new: str) -> Any:
+def rebase(value: Any, old: str, new: str) -> Any:
   """`value` with every string equal to or below `old` moved to `new` (recursively)."""
   if isinstance(value, str):
     if value == old or value.startswith(old + "/"):
       return new + value[len(old):]
     return value
   if isinstance(value, dict):
-    return {k: _rebase(v, old, new) for k, v in value.items()}
+    return {k: rebase(v, old, new) for k, v in value.items()}
   if isinstance(value, list):
-    return [_rebase(v, old, new) for v in value]
+    return [rebase(v, old, new) for v in value]
   return value
 
 
@@ -107,9 +107,9 @@ class Markers:
     if marker is None:
       return None
     if marker.get("version", 1) >= 2:
-      return _rebase(marker, MODEL_DIR, self.root)
+      return rebase(marker, MODEL_DIR, self.root)
     old = self._old_root()
-    return _rebase(marker, old, self.root) if old and old != self.root else marker
+    return rebase(marker, old, self.root) if old and old != self.root else marker
 
   def _old_root(self) -> Optional[str]:
     """Where a version-1 run was: its teacher marker's path is <root>/teacher."""
@@ -123,7 +123,7 @@ class Markers:
     payload = {"phase": name, "fingerprint": _plain(fingerprint), "result": _plain(result),
                "seconds": round(seconds, 1), "finished": time.strftime(
                    "%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    payload = dict(_rebase(payload, self.root, MODEL_DIR), version=MARKER_VERSION)
+    payload = dict(rebase(payload, self.root, MODEL_DIR), version=MARKER_VERSION)
     atomic.write_text(self.path(name), json.dumps(payload, indent=1, sort_keys=True))
 
   def done(self) -> List[str]:

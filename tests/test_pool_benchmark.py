@@ -19,6 +19,8 @@ import compare_filters  # noqa: E402
 import font_catalog  # noqa: E402
 import make_pool_images as pool  # noqa: E402
 import pseudo_label_accuracy  # noqa: E402
+import run_font_benchmark  # noqa: E402
+from noisy_student import phases  # noqa: E402
 from tfrecords import format as fmt  # noqa: E402
 
 
@@ -153,3 +155,19 @@ def test_compare_filters_rows_and_aurocs():
   balanced = rows[("confidence >= 0.3 (today)", 100)]
   assert balanced["class_max"] == pytest.approx(100) and balanced["seen"] == pytest.approx(300)
   assert "| confidence >= 0.3 (today) | - |" in compare_filters.table(report)
+
+
+def test_a_variant_run_reads_the_teacher_where_it_was_trained(tmp_path):
+  """--teacher_from copies the teacher's markers; their stored <model_dir> paths must
+  then still lead to the source run's teacher (compare_filters reads it the same way),
+  while the fingerprints follow the new run."""
+  source, variant = str(tmp_path / "a"), str(tmp_path / "b")
+  for name in run_font_benchmark.TEACHER_PHASES:
+    phases.Markers(source).put(name, {"model_dir": source, "teacher": f"{source}/teacher"},
+                               {"path": f"{source}/teacher", "image_size": 32}, 1.0)
+  run_font_benchmark.start_from_teacher(variant, source)
+  marker = phases.Markers(variant).get("teacher")
+  assert marker["result"]["path"] == f"{source}/teacher"
+  assert marker["fingerprint"] == {"model_dir": variant, "teacher": f"{variant}/teacher"}
+  assert compare_filters.teacher_of(variant)["path"] == f"{source}/teacher"
+  assert compare_filters.teacher_of(source)["path"] == f"{source}/teacher"
