@@ -132,9 +132,10 @@ def test_fused_corruption_passes_match_each_pass_on_its_own():
   for c in cfg.corruptions:
     expected = []
     for severity in cfg.severities:
+      base = runner._seed_base(4, f"{c}/{severity}")
       corrupted = np.concatenate([robustness.corrupt(
           tf.constant(images[i:i + chunk]), c, severity,
-          runner._seed(4, f"{c}/{severity}", i // chunk)).numpy()
+          tf.constant([base, i // chunk], tf.int64)).numpy()
           for i in range(0, len(images), chunk)])
       predicted = np.argmax(model.predict(corrupted, verbose=0), axis=-1)
       keep = labels >= 0

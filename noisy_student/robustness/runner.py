@@ -60,13 +60,9 @@ def settings_of(cfg: config_lib.RobustnessConfig, seed: int = 0) -> Dict[str, An
 
 
 def _seed_base(seed: int, what: str) -> int:
-  """The first half of every stateless seed of pass `what` (stable across runs)."""
+  """The first half of every stateless seed of pass `what` (stable across runs); the
+  second is the chunk's index within the pass."""
   return seed * 1_000_003 + zlib.crc32(what.encode())
-
-
-def _seed(seed: int, what: str, index) -> tf.Tensor:
-  """The stateless seed of chunk `index` of pass `what`."""
-  return tf.stack([tf.constant(_seed_base(seed, what), tf.int64), tf.cast(index, tf.int64)])
 
 
 def _count_step(model: keras.Model, num_passes: int):
@@ -143,13 +139,27 @@ def _pairs(dataset: tf.data.Dataset, max_images: Optional[int], batch_size: int)
   return ds
 
 
-def _seeded_chunks(ds, what: str, seed: int, fn, out_batch: int):
-  """fn(images, seed) applied to chunks of SEED_CHUNK images (labels kept), seeded by the
-  chunk's index; the results are batched by out_batch."""
+def _seeded_chunks(ds, passes, seed: int, num_rows: int, out_batch: int):
+  """Passes [(what, fn(images, seed))] over the images of `ds` (num_rows of them), one
+  after the other, as one dataset of (fn's output, labels, pass index) batches of
+  out_batch rows.
+
+  fn sees chunks of SEED_CHUNK images; chunk i of pass `what` gets the stateless seed
+  (_seed_base(seed, what), i), as a pipeline of its own per pass would: the same output
+  whatever the batch size. The passes are branches of one `tf.switch_case`, so the map
+  is traced once for all of them.
+  """
+  chunks_per_pass = -(-num_rows // SEED_CHUNK)
+  bases = tf.constant([_seed_base(seed, what) for what, _ in passes], tf.int64)
+  fns = [fn for _, fn in passes]
+
   def apply(index, chunk):
     images, labels = chunk
-    return fn(images, _seed(seed, what, index)), labels
-  return (ds.unbatch().batch(SEED_CHUNK).enumerate()
+    pass_index = tf.cast(index // chunks_per_pass, tf.int32)
+    seed_pair = tf.stack([tf.gather(bases, pass_index), index % chunks_per_pass])
+    out = tf.switch_case(pass_index, [lambda fn=fn: fn(images, seed_pair) for fn in fns])
+    return out, labels, tf.fill(tf.shape(labels), pass_index)
+  return (ds.unbatch().batch(SEED_CHUNK).repeat(len(passes)).enumerate()
           .map(apply, num_parallel_calls=AUTOTUNE)
           .unbatch().batch(out_batch).prefetch(AUTOTUNE))
 
@@ -159,41 +169,24 @@ def _tagged(ds):
   return ds.map(lambda images, labels: (images, labels, tf.zeros_like(labels, tf.int32)))
 
 
-def _corrupted(ds, passes, num_images: int, seed: int, batch_size: int):
-  """Every (corruption, severity) of `passes` applied to the images of `ds`, one pass
-  after the other, as one dataset of (images, labels, pass index) batches.
-
-  Chunk i of pass p is corrupted with the seed of ("<name>/<severity>", i), as a pipeline
-  of its own per pass would: the same images whatever the batch size.
-  """
-  if not passes:
-    return None
-  chunks_per_pass = -(-num_images // SEED_CHUNK)
-  bases = tf.constant([_seed_base(seed, f"{name}/{severity}") for name, severity in passes],
-                      tf.int64)
-  branches = [lambda images, s, n=name, v=severity: corruptions.corrupt(images, n, v, s)
-              for name, severity in passes]
-
-  def apply(index, chunk):
-    images, labels = chunk
-    pass_index = tf.cast(index // chunks_per_pass, tf.int32)
-    seed_pair = tf.stack([tf.gather(bases, pass_index), index % chunks_per_pass])
-    corrupted = tf.switch_case(pass_index, [
-        lambda fn=fn: fn(images, seed_pair) for fn in branches])
-    return corrupted, labels, tf.fill(tf.shape(labels), pass_index)
-  return (ds.unbatch().batch(SEED_CHUNK).repeat(len(passes)).enumerate()
-          .map(apply, num_parallel_calls=AUTOTUNE)
-          .unbatch().batch(batch_size).prefetch(AUTOTUNE))
+def _corrupted(ds, passes, num_rows: int, seed: int, batch_size: int):
+  """Every (corruption, severity) of `passes` applied to the images of `ds`, as one
+  dataset of (images, labels, pass index) batches."""
+  return _seeded_chunks(
+      ds, [(f"{name}/{severity}",
+            lambda images, s, n=name, v=severity: corruptions.corrupt(images, n, v, s))
+           for name, severity in passes], seed, num_rows, batch_size)
 
 
 def _videos_per_batch(frames: int, batch_size: int) -> int:
   return max(1, batch_size // frames)
 
 
-def _videos(ds, name: str, frames: int, batch_size: int, seed: int):
-  return _seeded_chunks(ds, name, seed,
-                        lambda images, s: perturbations.sequences(images, name, frames, s),
-                        _videos_per_batch(frames, batch_size))
+def _videos(ds, name: str, frames: int, batch_size: int, seed: int, num_rows: int):
+  videos = _seeded_chunks(
+      ds, [(name, lambda images, s: perturbations.sequences(images, name, frames, s))],
+      seed, num_rows, _videos_per_batch(frames, batch_size))
+  return videos.map(lambda videos, labels, _: (videos, labels))
 
 
 def evaluate_robustness(model: keras.Model, dataset: tf.data.Dataset,
@@ -241,7 +234,7 @@ def evaluate_robustness(model: keras.Model, dataset: tf.data.Dataset,
   passes = [(c, s) for c in settings["corruptions"] for s in settings["severities"]]
   steps = _Passes(model, strategy, settings["fgsm_epsilons"], len(passes), jit_compile)
   clean = steps.run(steps.count, _tagged(ds), "clean", batch_size)
-  num_images = int(clean["images"])
+  num_images, rows = int(clean["images"]), int(clean["rows"])
   if num_images * image_size * image_size * 3 * 4 <= CACHE_BYTES:
     ds = ds.cache()
   result = {"name": name, "image_size": int(image_size), "settings": settings,
@@ -249,7 +242,7 @@ def evaluate_robustness(model: keras.Model, dataset: tf.data.Dataset,
             "clean_error": 1.0 - float(clean["pass_correct"][0]) / num_images,
             "corruptions": {}, "perturbations": {}}
   if passes:
-    errors = steps.errors(_corrupted(ds, passes, int(clean["rows"]), seed, batch_size),
+    errors = steps.errors(_corrupted(ds, passes, rows, seed, batch_size),
                           f"{len(passes)} corruption passes", batch_size)
     for c in settings["corruptions"]:
       mine = [e for (corruption, _), e in zip(passes, errors) if corruption == c]
@@ -257,7 +250,7 @@ def evaluate_robustness(model: keras.Model, dataset: tf.data.Dataset,
                                   "errors": mine, "mean_error": sum(mine) / len(mine)}
   frames = settings["perturbation_frames"]
   for p in settings["perturbations"]:
-    sums = steps.run(steps.flips, _videos(ds, p, frames, batch_size, seed), p,
+    sums = steps.run(steps.flips, _videos(ds, p, frames, batch_size, seed, rows), p,
                      _videos_per_batch(frames, batch_size))
     key = "vs_first" if perturbations.PERTURBATIONS[p].noise else "vs_previous"
     result["perturbations"][p] = {"flip_probability": float(sums[key]) / int(sums["videos"])}
