@@ -54,6 +54,9 @@ def with_seeds(ds: tf.data.Dataset, seed: int, worker_index: int = 0) -> tf.data
 def train_preprocess(ds: tf.data.Dataset, image_size: int, config: DataConfig,
                      small_image: bool = False) -> tf.data.Dataset:
   """Stage: decoded "image" -> float32 [S, S, 3] with the training noise; drops "seed"."""
+  # RandAugment's choices are tensor ops (switch_case, where) and its Python branches are
+  # static, so autograph has nothing to convert; converting it cost seconds per trace.
+  @tf.autograph.experimental.do_not_convert
   def fn(record):
     record = dict(record)
     image, seed = record.pop("image"), record.pop("seed")

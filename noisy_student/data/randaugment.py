@@ -66,8 +66,10 @@ def _traced(num_layers: int, magnitude: float, cutout_op: bool, variant: str,
   Tracing the switch takes seconds; every tf.data map (and every test) would otherwise
   retrace it.
   """
+  # autograph=False: the ops are chosen by switch_case and the Python branches are
+  # static, so conversion would only parse this module's source (about 4 s a process).
   @tf.function(input_signature=[tf.TensorSpec([None, None, 3], tf.uint8),
-                                tf.TensorSpec([2], tf.int64)])
+                                tf.TensorSpec([2], tf.int64)], autograph=False)
   def fn(image, seed):
     level = table.make_level(image, magnitude, variant, translate_const, cutout_const)
     rand = _layer_randoms(seed, num_layers)

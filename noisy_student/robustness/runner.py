@@ -153,6 +153,9 @@ def _seeded_chunks(ds, passes, seed: int, num_rows: int, out_batch: int):
   bases = tf.constant([_seed_base(seed, what) for what, _ in passes], tf.int64)
   fns = [fn for _, fn in passes]
 
+  # Every branch is tensor ops with static Python choices; converting the 70 branches
+  # with autograph was most of the time this map took to build.
+  @tf.autograph.experimental.do_not_convert
   def apply(index, chunk):
     images, labels = chunk
     pass_index = tf.cast(index // chunks_per_pass, tf.int32)

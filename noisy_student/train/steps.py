@@ -62,6 +62,9 @@ def make_replica_step(model: keras.Model, optimizer, cfg: TrainConfig, targets_f
   ratio = cfg.unlabel_ratio if targets_from != inputs_lib.SUPERVISED else 0.0
   scales_loss = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
 
+  # No tensor-dependent Python control flow inside, so autograph is skipped here: it
+  # would only convert the step's helpers (and not the model) at every trace.
+  @tf.autograph.experimental.do_not_convert
   def replica_step(batch: Dict[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
     targets = _targets(batch, cfg, targets_from, teacher)
     images = batch["image"]
