@@ -94,22 +94,14 @@ def start_from_teacher(model_dir: str, source_dir: str) -> None:
   """A new pipeline dir whose teacher phases are `source_dir`'s finished ones (their
   results point at `source_dir`'s teacher, which is read, never written)."""
   from noisy_student import phases  # pylint: disable=g-import-not-at-top
-  if os.path.exists(os.path.join(model_dir, "phases")):
-    return
-  for name in TEACHER_PHASES:
-    marker = os.path.join(source_dir, "phases", f"{name}.json")
-    if not os.path.exists(marker):
-      raise SystemExit(f"--teacher_from: {marker} is missing; finish that run's teacher first")
-  os.makedirs(os.path.join(model_dir, "phases"))
-  for name in TEACHER_PHASES:
-    with open(os.path.join(source_dir, "phases", f"{name}.json")) as f:
-      marker = json.load(f)
-    # Markers store their run's paths as <model_dir>/...: the results are rebased onto
-    # source_dir (where the teacher stays); the fingerprints keep the token, so they match
-    # those the new run computes under its own model_dir.
-    marker["result"] = phases.rebase(marker["result"], phases.MODEL_DIR, source_dir)
-    with open(os.path.join(model_dir, "phases", f"{name}.json"), "w") as f:
-      json.dump(marker, f, indent=1, sort_keys=True)
+  ours, theirs = phases.Markers(model_dir), phases.Markers(source_dir)
+  missing = [theirs.path(n) for n in TEACHER_PHASES if theirs.get(n) is None]
+  if missing:
+    raise SystemExit(f"--teacher_from: {missing[0]} is missing; finish that run's teacher "
+                     "first")
+  for name in TEACHER_PHASES:  # Each marker atomic: a killed copy resumes where it was.
+    if ours.get(name) is None:
+      ours.adopt(name, theirs)
 
 
 def run_seed(args: argparse.Namespace, seed: int, extra: Sequence[str]) -> Dict:

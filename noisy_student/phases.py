@@ -126,6 +126,20 @@ class Markers:
     payload = dict(rebase(payload, self.root, MODEL_DIR), version=MARKER_VERSION)
     atomic.write_text(self.path(name), json.dumps(payload, indent=1, sort_keys=True))
 
+  def adopt(self, name: str, source: "Markers") -> None:
+    """Marks `name` finished here with `source`'s result, whose paths stay in `source`'s
+    run (read from there, never written; e.g. one teacher shared by variant runs). The
+    fingerprint keeps its <model_dir> token, so it matches the one this run computes."""
+    marker = source._read(name)
+    if marker is None:
+      raise FileNotFoundError(f"{source.path(name)} is missing; finish that phase there "
+                              "first.")
+    if marker.get("version", 1) < 2:
+      raise ValueError(f"{source.path(name)} is a version-1 marker (its paths are absolute); "
+                       "resume that run once to rewrite it.")
+    marker["result"] = rebase(marker["result"], MODEL_DIR, source.root)
+    atomic.write_text(self.path(name), json.dumps(marker, indent=1, sort_keys=True))
+
   def done(self) -> List[str]:
     if not tf.io.gfile.isdir(self.directory):
       return []

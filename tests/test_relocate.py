@@ -6,6 +6,7 @@ import os
 import shutil
 
 import numpy as np
+import pytest
 
 from noisy_student import context
 from noisy_student import phases
@@ -70,6 +71,28 @@ def test_markers_of_the_earlier_version_are_rebased_from_their_teacher(tmp_path)
   moved = phases.Markers(new)
   assert moved.get("predict-1")["result"]["output_dir"] == f"{new}/pseudo_1"
   assert moved.get("predict-1")["fingerprint"]["teacher"]["path"] == f"{new}/teacher"
+
+
+def test_an_adopted_phase_is_skipped_and_reads_the_source_run(tmp_path):
+  source, variant = phases.Markers(str(tmp_path / "a")), phases.Markers(str(tmp_path / "b"))
+  trained = results.TrainedModel(path=f"{source.root}/teacher", model_name="m",
+                                 image_size=32, small_image=True)
+  fingerprint = {"teacher": "efficientnet-t0", "label_data_dir": "x"}
+  phases.run_phase(source, "teacher", fingerprint, lambda: trained, results.TrainedModel)
+
+  with pytest.raises(FileNotFoundError, match="eval-teacher.json is missing"):
+    variant.adopt("eval-teacher", source)
+  variant.adopt("teacher", source)
+
+  def must_not_run():
+    raise AssertionError("an adopted phase ran again")
+  again = phases.run_phase(variant, "teacher", fingerprint, must_not_run,
+                           results.TrainedModel)
+  assert again.path == f"{source.root}/teacher"  # Read where it was trained.
+  with pytest.raises(phases.PhaseMismatchError, match="label_data_dir"):
+    phases.run_phase(variant, "teacher", dict(fingerprint, label_data_dir="y"),
+                     must_not_run, results.TrainedModel)
+  assert variant.get("teacher")["fingerprint"] == source.get("teacher")["fingerprint"]
 
 
 def test_relative_path():
