@@ -14,7 +14,7 @@ For each seed s (sequentially; one training job at a time):
   3. noisy-student --flagfile=... --seed=s with the three data flags
      -> <out>/seed_<s>/pipeline (resumable: run the same command again after a stop);
      with --teacher_from=OTHER_OUT, a new pipeline starts from OTHER_OUT's finished
-     teacher of the same seed (its markers are copied; the teacher stays there), so
+     teacher of the same seed (its marker is adopted; the teacher stays there), so
      variants of the filter or the students are compared on one teacher per seed;
   4. benchmarks/pseudo_label_accuracy.py on that run -> <out>/seed_<s>/pseudo_labels.json.
 Then <out>/summary.json and summary.md: per seed and mean +- sample sd over the seeds of
@@ -73,7 +73,9 @@ def _run(cmd: List[str], log: str) -> tuple:
 
 
 # The phases of a finished teacher that a variant's pipeline starts from (--teacher_from).
-TEACHER_PHASES = ("teacher", "eval-teacher", "check-teacher")
+# Only the training: the phases after it (eval, check, predict) have the teacher's path in
+# their fingerprints, which here is the source run's, so the variant redoes them (seconds).
+TEACHER_PHASES = ("teacher",)
 
 
 def make_data(args: argparse.Namespace, seed: int, log: str) -> str:
