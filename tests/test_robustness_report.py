@@ -244,8 +244,10 @@ def _flags(*argv):
 
 
 def test_flags_reach_the_config(tmp_path):
-  cfg = flags.to_config(_flags()).robustness
+  cfg = flags.to_config(_flags("--eval_data_dir=digits:test")).robustness
   assert cfg == config_lib.RobustnessConfig()
+  # With no data flag the demo preset fills the unset flags: reports on 200 test images.
+  assert flags.to_config(_flags()).robustness == config_lib.RobustnessConfig(max_images=200)
   cfg = flags.to_config(_flags(
       "--norobustness", "--corruptions=fog,pixelate", "--severities=2,5",
       "--perturbations=rotate", "--perturbation_frames=7", "--fgsm_epsilons=0,0.5,3",
