@@ -8,10 +8,12 @@ robustness report for each). Three graphs are traced both ways, in alternation:
   randaugment: the per-image RandAugment function every training input maps;
   train step:  a student's n-step loop (the replica step inside tf.range), as the
                trainer compiles it;
-  corruptions: the robustness report's one map over all 70 corruption passes.
+  corruptions: the robustness report's one map over all 70 corruption passes
+               (runner.chunk_map, as the report builds it).
 "on" is the same Python function run through autograph, as TensorFlow would by default.
 Each arm runs in a fresh interpreter (autograph caches its conversions per process, and
-a run pays the first one); seconds are wall time to a concrete function, imports left out. Machine load moves absolute figures; the ratio is the figure to keep.
+a run pays the first one); seconds are wall time to a concrete function, imports left
+out. Machine load moves absolute figures; the ratio is the figure to keep.
 """
 from __future__ import annotations
 
@@ -57,8 +59,8 @@ def train_step(autograph: bool, model_name: str) -> float:
                                    small_image=True)
   optimizer = keras.optimizers.AdamW(1e-3)
   optimizer.build(model.trainable_variables)
-  step = steps.make_replica_step(model, optimizer, dataclasses.replace(TrainConfig(), unlabel_ratio=2.0),
-                                 inputs.STORED, 1e-5, 1)
+  cfg = dataclasses.replace(TrainConfig(), unlabel_ratio=2.0)
+  step = steps.make_replica_step(model, optimizer, cfg, inputs.STORED, 1e-5, 1)
   if autograph:
     step = _unwrapped(step)
   multi = steps.make_multi_step(tf.distribute.get_strategy(), step)
@@ -73,18 +75,15 @@ def train_step(autograph: bool, model_name: str) -> float:
 
 
 def corruption_map(autograph: bool) -> float:
-  passes = [(f"{n}/{s}", lambda x, seed, n=n, s=s: corruptions.corrupt(x, n, s, seed))
-            for n in corruptions.DEFAULT_NAMES for s in range(1, 6)]
-  fns = [fn for _, fn in passes]
-
-  def apply(index, images):
-    seed = tf.stack([tf.constant(0, tf.int64), index])
-    return tf.switch_case(tf.cast(index % len(fns), tf.int32),
-                          [lambda fn=fn: fn(images, seed) for fn in fns])
-  fn = tf.function(apply, autograph=autograph)
+  passes = runner.corruption_passes(
+      [(n, v) for n in corruptions.DEFAULT_NAMES for v in corruptions.SEVERITIES])
+  apply = runner.chunk_map(passes, 0, runner.SEED_CHUNK)
+  fn = tf.function(_unwrapped(apply), autograph=autograph)
   start = time.time()
-  fn.get_concrete_function(tf.TensorSpec([], tf.int64),
-                           tf.TensorSpec([runner.SEED_CHUNK, SIZE, SIZE, 3], tf.float32))
+  fn.get_concrete_function(
+      tf.TensorSpec([], tf.int64),
+      (tf.TensorSpec([runner.SEED_CHUNK, SIZE, SIZE, 3], tf.float32),
+       tf.TensorSpec([runner.SEED_CHUNK], tf.int32)))
   return time.time() - start
 
 

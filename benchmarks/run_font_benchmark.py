@@ -97,13 +97,12 @@ def start_from_teacher(model_dir: str, source_dir: str) -> None:
   results point at `source_dir`'s teacher, which is read, never written)."""
   from noisy_student import phases  # pylint: disable=g-import-not-at-top
   ours, theirs = phases.Markers(model_dir), phases.Markers(source_dir)
-  missing = [theirs.path(n) for n in TEACHER_PHASES if theirs.get(n) is None]
-  if missing:
-    raise SystemExit(f"--teacher_from: {missing[0]} is missing; finish that run's teacher "
-                     "first")
   for name in TEACHER_PHASES:  # Each marker atomic: a killed copy resumes where it was.
     if ours.get(name) is None:
-      ours.adopt(name, theirs)
+      try:
+        ours.adopt(name, theirs)
+      except FileNotFoundError as e:
+        raise SystemExit(f"--teacher_from: {e}") from e
 
 
 def run_seed(args: argparse.Namespace, seed: int, extra: Sequence[str]) -> Dict:

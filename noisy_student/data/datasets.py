@@ -55,7 +55,7 @@ def train_preprocess(ds: tf.data.Dataset, image_size: int, config: DataConfig,
                      small_image: bool = False) -> tf.data.Dataset:
   """Stage: decoded "image" -> float32 [S, S, 3] with the training noise; drops "seed"."""
   # RandAugment's choices are tensor ops (switch_case, where) and its Python branches are
-  # static, so autograph has nothing to convert; converting it cost seconds per trace.
+  # static, so autograph has nothing to convert here (benchmarks/bench_tracing.py).
   @tf.autograph.experimental.do_not_convert
   def fn(record):
     record = dict(record)

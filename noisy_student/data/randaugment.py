@@ -67,7 +67,8 @@ def _traced(num_layers: int, magnitude: float, cutout_op: bool, variant: str,
   retrace it.
   """
   # autograph=False: the ops are chosen by switch_case and the Python branches are
-  # static, so conversion would only parse this module's source (about 4 s a process).
+  # static, so conversion would only parse this module's source (about 2 s a process:
+  # benchmarks/bench_tracing.py).
   @tf.function(input_signature=[tf.TensorSpec([None, None, 3], tf.uint8),
                                 tf.TensorSpec([2], tf.int64)], autograph=False)
   def fn(image, seed):

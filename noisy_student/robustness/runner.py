@@ -139,22 +139,17 @@ def _pairs(dataset: tf.data.Dataset, max_images: Optional[int], batch_size: int)
   return ds
 
 
-def _seeded_chunks(ds, passes, seed: int, num_rows: int, out_batch: int):
-  """Passes [(what, fn(images, seed))] over the images of `ds` (num_rows of them), one
-  after the other, as one dataset of (fn's output, labels, pass index) batches of
-  out_batch rows.
-
-  fn sees chunks of SEED_CHUNK images; chunk i of pass `what` gets the stateless seed
-  (_seed_base(seed, what), i), as a pipeline of its own per pass would: the same output
-  whatever the batch size. The passes are branches of one `tf.switch_case`, so the map
-  is traced once for all of them.
-  """
+def chunk_map(passes, seed: int, num_rows: int):
+  """The map (chunk index, (images, labels)) -> (fn's output, labels, pass index) that
+  runs chunk i of the passes [(what, fn(images, seed))], laid end to end, with the
+  stateless seed (_seed_base(seed, what), i within its pass). The passes are branches of
+  one `tf.switch_case`, so the map is traced once for all of them."""
   chunks_per_pass = -(-num_rows // SEED_CHUNK)
   bases = tf.constant([_seed_base(seed, what) for what, _ in passes], tf.int64)
   fns = [fn for _, fn in passes]
 
   # Every branch is tensor ops with static Python choices; converting the 70 branches
-  # with autograph was most of the time this map took to build.
+  # with autograph took half the time this map took to build (benchmarks/bench_tracing.py).
   @tf.autograph.experimental.do_not_convert
   def apply(index, chunk):
     images, labels = chunk
@@ -162,8 +157,20 @@ def _seeded_chunks(ds, passes, seed: int, num_rows: int, out_batch: int):
     seed_pair = tf.stack([tf.gather(bases, pass_index), index % chunks_per_pass])
     out = tf.switch_case(pass_index, [lambda fn=fn: fn(images, seed_pair) for fn in fns])
     return out, labels, tf.fill(tf.shape(labels), pass_index)
+  return apply
+
+
+def _seeded_chunks(ds, passes, seed: int, num_rows: int, out_batch: int):
+  """Passes [(what, fn(images, seed))] over the images of `ds` (num_rows of them), one
+  after the other, as one dataset of (fn's output, labels, pass index) batches of
+  out_batch rows.
+
+  fn sees chunks of SEED_CHUNK images, each seeded by its index within its pass
+  (`chunk_map`), as a pipeline of its own per pass would: the same output whatever the
+  batch size.
+  """
   return (ds.unbatch().batch(SEED_CHUNK).repeat(len(passes)).enumerate()
-          .map(apply, num_parallel_calls=AUTOTUNE)
+          .map(chunk_map(passes, seed, num_rows), num_parallel_calls=AUTOTUNE)
           .unbatch().batch(out_batch).prefetch(AUTOTUNE))
 
 
@@ -172,13 +179,17 @@ def _tagged(ds):
   return ds.map(lambda images, labels: (images, labels, tf.zeros_like(labels, tf.int32)))
 
 
+def corruption_passes(passes):
+  """[(corruption, severity)] -> the [(what, fn(images, seed))] that chunk_map runs."""
+  return [(f"{name}/{severity}",
+           lambda images, s, n=name, v=severity: corruptions.corrupt(images, n, v, s))
+          for name, severity in passes]
+
+
 def _corrupted(ds, passes, num_rows: int, seed: int, batch_size: int):
   """Every (corruption, severity) of `passes` applied to the images of `ds`, as one
   dataset of (images, labels, pass index) batches."""
-  return _seeded_chunks(
-      ds, [(f"{name}/{severity}",
-            lambda images, s, n=name, v=severity: corruptions.corrupt(images, n, v, s))
-           for name, severity in passes], seed, num_rows, batch_size)
+  return _seeded_chunks(ds, corruption_passes(passes), seed, num_rows, batch_size)
 
 
 def _videos_per_batch(frames: int, batch_size: int) -> int:

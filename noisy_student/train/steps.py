@@ -63,7 +63,7 @@ def make_replica_step(model: keras.Model, optimizer, cfg: TrainConfig, targets_f
   scales_loss = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
 
   # No tensor-dependent Python control flow inside, so autograph is skipped here: it
-  # would only convert the step's helpers (and not the model) at every trace.
+  # would only convert the step's helpers, not the model.
   @tf.autograph.experimental.do_not_convert
   def replica_step(batch: Dict[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
     targets = _targets(batch, cfg, targets_from, teacher)
